@@ -1,0 +1,392 @@
+"""The single no-grad forward behind PRG and the internal-feedback statistics.
+
+A *row* is one sequence fed to the backbone. In the packed layout one row holds a whole completion with all its
+answer branches:
+
+    [x, branch_0, s_1, branch_1, ..., s_K, branch_K, tail]        branch_k = trigger (+ answer, when scored raw)
+
+Every token carries a group id: -1 for the main path (prompt, steps, tail) and k for the tokens of branch k. Token i
+may attend to token j iff ``j <= i and (group[j] == -1 or group[j] == group[i])``: a branch sees the main path up to
+its step and itself, the main path never sees a branch. Position ids of a branch continue the main path, and the main
+path continues as if no branch had been inserted, so every query sees exactly what a separate forward over
+``x + s_1..s_k + branch_k`` would see. transformers accepts such a mask as a 4D ``(B, 1, Q, KV)`` additive tensor.
+
+The same engine runs the naive reference: rows whose groups are ``None`` are plain causal sequences.
+
+Only the hidden states of the positions that are queried are projected to the vocabulary, in float32 chunks of
+``vocab_chunk_elems`` logits, so no ``(batch, seq, vocab)`` tensor is ever materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Row", "RowResult", "build_packed_row", "build_naive_rows", "get_backbone_and_head", "run_rows"]
+
+
+@dataclass
+class Row:
+    """One sequence for the backbone and the positions whose next-token distribution is wanted.
+
+    Attributes:
+        input_ids: token ids of the row.
+        position_ids: position id of each token (``None``: ``0..len-1``).
+        groups: group id of each token for the packed mask (``None``: plain causal row).
+        stat_positions: positions whose distribution yields self-certainty and entropy.
+        answer_queries: ``(position, target_id)`` pairs scored as ``log p(target)``.
+        option_positions: positions at which the logits of the option tokens are read.
+    """
+
+    input_ids: list[int]
+    position_ids: list[int] | None = None
+    groups: list[int] | None = None
+    stat_positions: list[int] = field(default_factory=list)
+    answer_queries: list[tuple[int, int]] = field(default_factory=list)
+    option_positions: list[int] = field(default_factory=list)
+    option_ids: list[int] | None = None
+
+
+@dataclass
+class RowResult:
+    """What the forward returned for one :class:`Row` (all float32, on CPU)."""
+
+    self_certainty: torch.Tensor  # (len(stat_positions),): logsumexp(z) - mean(z) - log V
+    entropy: torch.Tensor  # (len(stat_positions),)
+    answer_logprobs: torch.Tensor  # (len(answer_queries),)
+    option_logits: torch.Tensor  # (len(option_positions), n_options)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DeepSpeed / PEFT wrappers down to the transformers model (its layers, LoRA included, stay live)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def get_backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack (returns ``last_hidden_state``) and the LM head of a causal LM, through any wrapper."""
+    base = unwrap_model(model)
+    backbone = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if backbone is None or backbone is base:
+        backbone = getattr(base, base.base_model_prefix)
+    head = base.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no output embeddings (LM head); a causal LM is required.")
+    return backbone, head
+
+
+def _packed_mask(groups: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4D mask ``(B, 1, L, L)``: 0 where attention is allowed, the dtype's minimum elsewhere."""
+    length = groups.size(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=groups.device).tril()
+    g_q = groups.unsqueeze(2)  # (B, L, 1)
+    g_k = groups.unsqueeze(1)  # (B, 1, L)
+    allowed = causal & ((g_k == -1) | (g_k == g_q)) & valid.unsqueeze(1)
+    # padding queries attend to themselves only, so no row of the softmax is empty
+    allowed |= torch.eye(length, dtype=torch.bool, device=groups.device).unsqueeze(0) & ~valid.unsqueeze(2)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=groups.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def _plan_batches(rows: Sequence[Row], token_budget: int) -> list[list[int]]:
+    """Group rows (longest first) so that each batch's padded size ``n_rows * max_len`` stays within the budget."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_max = 0
+    for i in order:
+        length = len(rows[i].input_ids)
+        new_max = max(current_max, length)
+        if current and new_max * (len(current) + 1) > token_budget:
+            batches.append(current)
+            current, current_max = [], 0
+            new_max = length
+        current.append(i)
+        current_max = new_max
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _project(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    chunk_rows: int,
+    softcap: float | None,
+    logit_scale: float,
+) -> list[torch.Tensor]:
+    """fp32 logits of ``hidden`` rows, yielded chunk by chunk."""
+    chunks = []
+    for start in range(0, hidden.size(0), chunk_rows):
+        logits = F.linear(hidden[start : start + chunk_rows].float(), weight, bias)
+        if logit_scale != 1.0:
+            logits = logits * logit_scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        chunks.append(logits)
+    return chunks
+
+
+def _head_params(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = getattr(head, "weight", None)
+    if weight is None:
+        raise ValueError(f"The LM head {type(head).__name__} has no `weight`; it cannot be projected in chunks.")
+    return weight, getattr(head, "bias", None)
+
+
+def _gather_ctx(weight: torch.Tensor, bias: torch.Tensor | None):
+    """Gather a ZeRO-3 partitioned LM head for direct use (TRL's helper; a null context elsewhere)."""
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+    return maybe_gather_lm_head_ctx(weight, bias)
+
+
+@torch.no_grad()
+def run_rows(
+    model: nn.Module,
+    rows: Sequence[Row],
+    *,
+    token_budget: int = 16384,
+    vocab_chunk_elems: int = 1 << 24,
+    pad_token_id: int = 0,
+    sync_num_batches: Callable[[int], int] | None = None,
+) -> list[RowResult]:
+    """Run the rows through the model's backbone in batches of at most ``token_budget`` padded tokens.
+
+    Args:
+        model: a causal LM (plain, PEFT, DDP or DeepSpeed wrapped).
+        rows: the rows; packed rows (``groups`` set) and plain rows may be mixed.
+        token_budget: the most ``batch * max_len`` tokens one forward gets. A single longer row runs alone.
+        vocab_chunk_elems: the most fp32 logits held at once by the vocabulary projection.
+        pad_token_id: id used for padding (masked out, never scored).
+        sync_num_batches: maps the local number of forwards to the number every process runs (all-reduce max).
+            Processes with fewer run one-token dummy forwards, so under ZeRO-3 the collectives of every process
+            match.
+
+    Returns:
+        One :class:`RowResult` per row, in the order given.
+    """
+    backbone, head = get_backbone_and_head(model)
+    weight, bias = _head_params(head)
+    config = unwrap_model(model).config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    logit_scale = getattr(text_config, "logit_scale", None) or 1.0
+    try:
+        device = next(backbone.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        device = torch.device("cpu")
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
+
+    batches = _plan_batches(rows, token_budget)
+    n_forwards = sync_num_batches(len(batches)) if sync_num_batches is not None else len(batches)
+    results: list[RowResult | None] = [None] * len(rows)
+
+    with _gather_ctx(weight, bias):
+        weight32 = weight.float()
+        bias32 = None if bias is None else bias.float()
+        vocab = weight32.size(0)
+        chunk_rows = max(1, vocab_chunk_elems // vocab)
+        for b in range(n_forwards):
+            if b >= len(batches):
+                dummy = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
+                backbone(input_ids=dummy, use_cache=False)
+                continue
+            batch_rows = [rows[i] for i in batches[b]]
+            hidden = _forward_batch(backbone, batch_rows, device, dtype, pad_token_id)
+            _score_batch(
+                hidden, batch_rows, batches[b], results, weight32, bias32, chunk_rows, softcap, logit_scale, vocab
+            )
+    return results  # type: ignore[return-value]
+
+
+def _forward_batch(
+    backbone: nn.Module, batch_rows: list[Row], device: torch.device, dtype: torch.dtype, pad_token_id: int
+) -> torch.Tensor:
+    length = max(len(r.input_ids) for r in batch_rows)
+    n = len(batch_rows)
+    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n, length), dtype=torch.long)
+    valid = torch.zeros((n, length), dtype=torch.bool)
+    groups = torch.full((n, length), -2, dtype=torch.long)
+    packed = any(r.groups is not None for r in batch_rows)
+    for i, r in enumerate(batch_rows):
+        m = len(r.input_ids)
+        input_ids[i, :m] = torch.tensor(r.input_ids)
+        position_ids[i, :m] = torch.tensor(r.position_ids) if r.position_ids is not None else torch.arange(m)
+        valid[i, :m] = True
+        groups[i, :m] = torch.tensor(r.groups) if r.groups is not None else -1
+    input_ids, position_ids, valid, groups = (t.to(device) for t in (input_ids, position_ids, valid, groups))
+    if packed:
+        attention_mask = _packed_mask(groups, valid, dtype)
+    else:
+        attention_mask = valid.long()
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _score_batch(
+    hidden: torch.Tensor,
+    batch_rows: list[Row],
+    indices: list[int],
+    results: list[RowResult | None],
+    weight32: torch.Tensor,
+    bias32: torch.Tensor | None,
+    chunk_rows: int,
+    softcap: float | None,
+    logit_scale: float,
+    vocab: int,
+) -> None:
+    """Project the queried hidden states chunk by chunk and fill one RowResult per row."""
+    row_idx, pos_idx, targets = [], [], []
+    option_of: dict[int, list[int]] = {}  # query index -> option token ids
+    for i, r in enumerate(batch_rows):
+        for p in r.stat_positions:
+            row_idx.append(i), pos_idx.append(p), targets.append(0)
+        for p, t in r.answer_queries:
+            row_idx.append(i), pos_idx.append(p), targets.append(t)
+        for p in r.option_positions:
+            option_of[len(row_idx)] = r.option_ids or []
+            row_idx.append(i), pos_idx.append(p), targets.append(0)
+    device = hidden.device
+    h = hidden[torch.tensor(row_idx, dtype=torch.long, device=device), torch.tensor(pos_idx, device=device)]
+    target_t = torch.tensor(targets, dtype=torch.long, device=device)
+    sc_parts, ent_parts, lp_parts = [], [], []
+    option_logits: dict[int, torch.Tensor] = {}
+    log_v = math.log(vocab)
+    for start, logits in zip(
+        range(0, h.size(0), chunk_rows), _project(h, weight32, bias32, chunk_rows, softcap, logit_scale)
+    ):
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits - lse.unsqueeze(-1)
+        sc_parts.append(lse - logits.mean(dim=-1) - log_v)
+        ent_parts.append(-(logp.exp() * logp).sum(dim=-1))
+        lp_parts.append(logp.gather(-1, target_t[start : start + logits.size(0)].unsqueeze(-1)).squeeze(-1))
+        for j in range(start, start + logits.size(0)):
+            if j in option_of:
+                option_logits[j] = logits[j - start, option_of[j]].cpu()
+        del logits, logp
+    sc = torch.cat(sc_parts).cpu() if sc_parts else torch.zeros(0)
+    ent = torch.cat(ent_parts).cpu() if ent_parts else torch.zeros(0)
+    lp = torch.cat(lp_parts).cpu() if lp_parts else torch.zeros(0)
+    cursor = 0
+    for i, r in enumerate(batch_rows):
+        n_stat, n_ans, n_opt = len(r.stat_positions), len(r.answer_queries), len(r.option_positions)
+        opt_start = cursor + n_stat + n_ans
+        opts = [option_logits[j] for j in range(opt_start, opt_start + n_opt)]
+        results[indices[i]] = RowResult(
+            self_certainty=sc[cursor : cursor + n_stat],
+            entropy=ent[cursor : cursor + n_stat],
+            answer_logprobs=lp[cursor + n_stat : opt_start],
+            option_logits=torch.stack(opts) if opts else torch.zeros(0, len(r.option_ids or [])),
+        )
+        cursor = opt_start + n_opt
+
+
+def build_packed_row(
+    prompt: Sequence[int],
+    completion: Sequence[int],
+    cuts: Sequence[int] | None,
+    branch: Sequence[int],
+    answer: Sequence[int] | None,
+    option_ids: Sequence[int] | None,
+    with_stats: bool,
+) -> Row:
+    """One packed row: the main path ``prompt + completion`` with ``branch`` inserted before ``completion[cut_k]``.
+
+    ``cuts`` are the completion indices at which the branches start (``None``: no trajectory). In raw mode
+    (``answer`` given) the branch is ``branch + answer`` and each answer token is queried; in options mode the
+    logits of ``option_ids`` are read where the branch ends. ``with_stats`` adds the completion's self-certainty and
+    entropy queries and keeps the tail of the completion after the last branch.
+    """
+    if not prompt:
+        raise ValueError("Every sample needs a non-empty prompt: its last token predicts the first completion token.")
+    ids: list[int] = []
+    pos: list[int] = []
+    groups: list[int] = []
+    main_order: list[int] = []
+    row = Row(input_ids=ids, position_ids=pos, groups=groups, option_ids=list(option_ids) if option_ids else None)
+
+    def add_main(tok: int) -> None:
+        pos.append(len(main_order))
+        main_order.append(len(ids))
+        ids.append(tok)
+        groups.append(-1)
+
+    for tok in prompt:
+        add_main(tok)
+    ci = 0
+    for k, cut in enumerate(cuts or []):
+        while ci < cut:
+            add_main(completion[ci])
+            ci += 1
+        _add_branch(row, main_order, branch, answer, group=k, base_pos=len(main_order))
+    if with_stats:
+        while ci < len(completion):
+            add_main(completion[ci])
+            ci += 1
+        n_prompt = len(prompt)
+        row.stat_positions = [main_order[n_prompt - 1 + t] for t in range(len(completion))]
+    return row
+
+
+def _add_branch(
+    row: Row, main_order: list[int], branch: Sequence[int], answer: Sequence[int] | None, group: int, base_pos: int
+) -> None:
+    """Append ``branch (+ answer)`` to the row and register its queries."""
+    tokens = list(branch) + list(answer or [])
+    start = len(row.input_ids)
+
+    def predictor(j: int) -> int:  # position whose output predicts branch token j
+        return main_order[-1] if j == 0 else start + j - 1
+
+    for j, tok in enumerate(tokens):
+        row.input_ids.append(tok)
+        if row.position_ids is not None:
+            row.position_ids.append(base_pos + j)
+        if row.groups is not None:
+            row.groups.append(group)
+    if answer is not None:
+        row.answer_queries.extend((predictor(len(branch) + j), tok) for j, tok in enumerate(answer))
+    else:
+        row.option_positions.append(predictor(len(branch)))
+
+
+def build_naive_rows(
+    prompt: Sequence[int],
+    completion: Sequence[int],
+    cuts: Sequence[int] | None,
+    branch: Sequence[int],
+    answer: Sequence[int] | None,
+    option_ids: Sequence[int] | None,
+    with_stats: bool,
+) -> list[Row]:
+    """The reference layout: one plain row per prefix ``prompt + completion[:cut_k] + branch`` (K+1 forwards), plus
+    one row ``prompt + completion`` for the statistics when ``with_stats``."""
+    if not prompt:
+        raise ValueError("Every sample needs a non-empty prompt: its last token predicts the first completion token.")
+    rows = []
+    for cut in cuts or []:
+        main = list(prompt) + list(completion[:cut])
+        row = Row(input_ids=list(main), option_ids=list(option_ids) if option_ids else None)
+        _add_branch(row, list(range(len(main))), branch, answer, group=0, base_pos=len(main))
+        rows.append(row)
+    if with_stats:
+        n_prompt = len(prompt)
+        rows.append(
+            Row(
+                input_ids=list(prompt) + list(completion),
+                stat_positions=[n_prompt - 1 + t for t in range(len(completion))],
+            )
+        )
+    return rows

@@ -1,0 +1,192 @@
+"""Internal-feedback confidence rewards (RLIF): the policy rewards itself with its own statistics.
+
+TRL reward functions see text and token ids, never logits. :class:`~hytuning_trl.HyTuningTrainer` runs one no-grad
+scoring pass per generation round and passes its results to every reward function as the keyword argument
+``hytuning_stats`` (one :class:`~hytuning_trl.scoring.RolloutStats` per local completion, aligned with
+``completions``). Plain TRL reward functions ignore it; these rewards use it. Each is a callable class with a
+class-level ``__name__`` (the metric name, TRL's convention) and is picklable.
+
+Write your own by subclassing :class:`InternalFeedbackReward` and implementing ``score`` (one completion) or, with
+``group_wise = True``, ``score_group`` (one group of ``num_generations`` completions, gathered across processes)::
+
+    class ConfidentAndShort(InternalFeedbackReward):
+        __name__ = "confident_and_short"
+
+        def score(self, stats):
+            return stats.self_certainty - 0.001 * len(stats.completion_ids)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from .scoring import RolloutStats
+
+__all__ = [
+    "AnswerConfidenceReward",
+    "EntropyReward",
+    "InternalFeedbackReward",
+    "MajorityVoteReward",
+    "PRGGatedConfidenceReward",
+    "PRGReward",
+    "SelfCertaintyReward",
+]
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _gather_objects(local: list[Any]) -> tuple[list[Any], int]:
+    """All processes' lists, concatenated in rank order, and where this process's part starts."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(local), 0
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(local))
+    offset = sum(len(p) for p in parts[: dist.get_rank()])
+    return [x for p in parts for x in p], offset
+
+
+class InternalFeedbackReward:
+    """Base class of the rewards computed from the policy's own statistics.
+
+    Subclasses implement :meth:`score` (a float, or ``None`` where the completion cannot be scored: TRL then leaves it
+    out of that reward's statistics). Group-wise rewards set ``group_wise = True`` and implement :meth:`score_group`;
+    the base gathers the statistics of all processes first, so a group that spans processes is whole, and returns this
+    process's slice. Non-finite scores become ``None``.
+    """
+
+    __name__ = "internal_feedback"
+    group_wise: bool = False
+
+    def __call__(
+        self,
+        prompts: list[Any] | None = None,
+        completions: list[Any] | None = None,
+        completion_ids: list[list[int]] | None = None,
+        hytuning_stats: list[RolloutStats] | None = None,
+        hytuning_num_generations: list[int] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        if hytuning_stats is None:
+            raise ValueError(
+                f"The reward {self.__name__!r} needs the policy's own statistics (the `hytuning_stats` keyword), "
+                "which only hytuning_trl.HyTuningTrainer computes. Train with HyTuningTrainer instead of "
+                "trl.GRPOTrainer, or call the reward with hytuning_stats=hytuning_trl.score_rollouts(...)."
+            )
+        if completions is not None and len(completions) != len(hytuning_stats):
+            raise ValueError(f"Got {len(completions)} completions but {len(hytuning_stats)} statistics records.")
+        if not self.group_wise:
+            return [_finite_or_none(self.score(s)) for s in hytuning_stats]
+        group_size = hytuning_num_generations[0] if hytuning_num_generations else len(hytuning_stats)
+        everyone, offset = _gather_objects(hytuning_stats)
+        if len(everyone) % group_size:
+            raise ValueError(f"{len(everyone)} completions do not split into groups of {group_size}.")
+        scores: list[float | None] = []
+        for start in range(0, len(everyone), group_size):
+            group = everyone[start : start + group_size]
+            group_scores = self.score_group(group)
+            if len(group_scores) != len(group):
+                raise ValueError(f"{self.__name__}.score_group returned {len(group_scores)} scores for {len(group)}.")
+            scores.extend(_finite_or_none(s) for s in group_scores)
+        return scores[offset : offset + len(hytuning_stats)]
+
+    def score(self, stats: RolloutStats) -> float | None:
+        """The reward of one completion from its statistics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score(stats) or set group_wise = True.")
+
+    def score_group(self, group: list[RolloutStats]) -> list[float | None]:
+        """The rewards of one group of completions of the same prompt (group-wise rewards)."""
+        return [self.score(s) for s in group]
+
+
+class SelfCertaintyReward(InternalFeedbackReward):
+    """Self-certainty (INTUITOR, arXiv 2505.19590): mean over completion tokens of
+    ``KL(U || p) = logsumexp(z) - mean(z) - log V``, from the live policy's raw logits. Higher = more certain."""
+
+    __name__ = "self_certainty"
+
+    def score(self, stats: RolloutStats) -> float | None:
+        return stats.self_certainty
+
+
+class EntropyReward(InternalFeedbackReward):
+    """Negative mean token entropy (RENT, arXiv 2505.22660): ``-mean_t H(p_t)``."""
+
+    __name__ = "neg_entropy"
+
+    def score(self, stats: RolloutStats) -> float | None:
+        return -stats.entropy
+
+
+class AnswerConfidenceReward(InternalFeedbackReward):
+    """``p_K``: the probability of the final answer after the full reasoning (option-renormalised for multiple
+    choice). ``None`` for a completion without an answer."""
+
+    __name__ = "answer_confidence"
+
+    def score(self, stats: RolloutStats) -> float | None:
+        return stats.answer_confidence
+
+
+class PRGReward(InternalFeedbackReward):
+    """PRG itself as a dense reward (as PACR, arXiv 2510.22255): reasoning that builds support for its answer.
+    ``None`` for a completion without an answer; 0 for one without reasoning steps."""
+
+    __name__ = "prg"
+
+    def score(self, stats: RolloutStats) -> float | None:
+        return stats.prg
+
+
+class PRGGatedConfidenceReward(InternalFeedbackReward):
+    """Confidence only as far as the reasoning built it: ``r = clip(PRG, 0, p_K)``.
+
+    With the ``net`` aggregation this is ``max(p_K - p_0, 0)``: the share of the final confidence that the reasoning
+    added. An answer that was already certain before any reasoning, or reasoning that lowered its support, earns 0 -
+    the guard against confident answers that the reasoning does not warrant. ``None`` without an answer.
+    """
+
+    __name__ = "prg_gated_confidence"
+
+    def score(self, stats: RolloutStats) -> float | None:
+        confidence = stats.answer_confidence
+        if confidence is None or stats.prg is None:
+            return None
+        return min(max(stats.prg, 0.0), confidence)
+
+
+class MajorityVoteReward(InternalFeedbackReward):
+    """Agreement with the group's majority answer (TTRL, arXiv 2504.16084): 1 if the completion's answer is the most
+    frequent answer of its group, else 0; ``None`` where the completion has no answer.
+
+    The group is gathered across processes before the vote. Ties go to the answer that sorts first, so the vote does
+    not depend on the order of the completions. ``use_forced`` counts the model's forced multiple-choice answer when
+    none was stated.
+    """
+
+    __name__ = "majority_vote"
+    group_wise = True
+
+    def __init__(self, use_forced: bool = True):
+        self.use_forced = use_forced
+
+    def _answer(self, stats: RolloutStats) -> str | None:
+        if stats.answer is None or (stats.answer_forced and not self.use_forced):
+            return None
+        return stats.answer
+
+    def score_group(self, group: list[RolloutStats]) -> list[float | None]:
+        answers = [self._answer(s) for s in group]
+        counts = Counter(a for a in answers if a is not None)
+        if not counts:
+            return [None] * len(group)
+        majority = min(counts, key=lambda a: (-counts[a], a))
+        return [None if a is None else float(a == majority) for a in answers]

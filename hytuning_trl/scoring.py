@@ -1,0 +1,277 @@
+"""One no-grad pass per batch: the completion's token statistics and its PRG trajectory.
+
+For each rollout the pass yields
+
+* ``self_certainty`` (INTUITOR): mean over completion tokens of ``KL(U || p) = logsumexp(z) - mean(z) - log V``,
+* ``entropy``: mean over completion tokens of ``-sum_v p_v log p_v``,
+* ``answer_logprobs``: ``lp_k = log P(a | x, s_1..s_k, t)`` for ``k = 0..K`` (see :mod:`hytuning_trl.prg`),
+
+from raw (untempered) logits, with the vocabulary projected in fp32 chunks. The trajectory and the statistics come
+from the same packed forward (:mod:`hytuning_trl.packing`); where a model rejects the packed 4D mask the naive
+``K + 1`` forwards are used instead, detected once per model, with one warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .packing import Row, build_naive_rows, build_packed_row, run_rows, unwrap_model
+
+__all__ = ["RolloutStats", "score_rollouts", "to_id_lists"]
+
+_PACKED_OK_ATTR = "_hytuning_packed_mask_ok"
+
+
+@dataclass
+class RolloutStats:
+    """The policy's own view of one completion, handed to reward functions as ``hytuning_stats``.
+
+    Attributes:
+        self_certainty: mean ``KL(U || p)`` over the completion's tokens (nan for an empty completion).
+        entropy: mean token entropy over the completion's tokens (nan for an empty completion).
+        answer_logprobs: the PRG trajectory ``[lp_0, ..., lp_K]`` of the final answer, or ``None`` when the
+            completion has no answer to score.
+        option_logprobs: in multiple-choice mode, the option-renormalised log-probabilities at every ``k``
+            (``K + 1`` lists of ``n_options``), else ``None``.
+        answer_index: in multiple-choice mode, the index of the scored option among the options.
+        num_steps: ``K``, the number of reasoning steps.
+        prg: the PRG score (filled in by the trainer with the configured aggregation).
+        answer: the extracted (or, for multiple choice, forced) answer text.
+        answer_forced: ``True`` when the answer was not stated and the model's forced choice was scored.
+        completion_ids: the completion's token ids.
+        text: the completion's text.
+    """
+
+    self_certainty: float = math.nan
+    entropy: float = math.nan
+    answer_logprobs: list[float] | None = None
+    option_logprobs: list[list[float]] | None = None
+    answer_index: int | None = None
+    num_steps: int = 0
+    prg: float | None = None
+    answer: str | None = None
+    answer_forced: bool = False
+    completion_ids: list[int] = field(default_factory=list)
+    text: str = ""
+
+    @property
+    def answer_confidence(self) -> float | None:
+        """``p_K``: the probability of the final answer after the whole reasoning."""
+        if not self.answer_logprobs:
+            return None
+        return math.exp(self.answer_logprobs[-1])
+
+
+def to_id_lists(ids: Any, mask: Any = None, pad_token_id: int | None = None) -> list[list[int]]:
+    """Lists of token ids from lists or a (left- or right-) padded tensor, dropping padding by ``mask``."""
+    if isinstance(ids, torch.Tensor):
+        if mask is not None:
+            mask = torch.as_tensor(mask).bool()
+            return [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+        if pad_token_id is not None:
+            return [[t for t in row.tolist() if t != pad_token_id] for row in ids.cpu()]
+        return ids.cpu().tolist()
+    out = [list(map(int, row)) for row in ids]
+    if mask is not None:
+        out = [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(out, mask)]
+    return out
+
+
+def _per_sample(value: Any, n: int, name: str) -> list[Any]:
+    """Broadcast one token list (shared by all samples) or check a per-sample list."""
+    if value is None:
+        return [None] * n
+    if len(value) == 0 or isinstance(value[0], int):
+        return [list(value)] * n
+    if len(value) != n:
+        raise ValueError(f"`{name}` has {len(value)} entries but there are {n} samples.")
+    return [None if v is None else list(v) for v in value]
+
+
+def _layouts(
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    spans: list[Any],
+    triggers: list[Any],
+    answers: list[Any],
+    options: list[Any],
+) -> list[tuple[list[int] | None, list[int], list[int] | None, list[int] | None]]:
+    """For each sample: the branch cut points (or None), the branch tokens, the raw answer, the option ids."""
+    out = []
+    for i, completion in enumerate(completions):
+        span = spans[i]
+        trigger = triggers[i] or []
+        opt = options[i]
+        answer = answers[i]
+        wants_trajectory = span is not None and (opt is not None or answer is not None)
+        if not wants_trajectory:
+            out.append((None, [], None, None))
+            continue
+        cuts = [span[0][0]] + [end for _, end in span] if span else [0]
+        if any(not 0 <= c <= len(completion) for c in cuts):
+            raise ValueError(f"Sample {i}: step spans {span} fall outside its completion of {len(completion)} tokens.")
+        if opt is not None:
+            out.append((cuts, trigger, None, opt))
+        else:
+            if not answer:
+                raise ValueError(f"Sample {i}: `answer_ids` is empty; an answer needs at least one token.")
+            out.append((cuts, trigger, answer, None))
+    return out
+
+
+def _rows(layouts, prompts, completions, compute_stats: bool, packed: bool) -> tuple[list[Row], list[slice]]:
+    rows: list[Row] = []
+    owner: list[slice] = []
+    for (cuts, branch, answer, opt), prompt, completion in zip(layouts, prompts, completions):
+        start = len(rows)
+        if cuts is None and not compute_stats:
+            owner.append(slice(start, start))
+            continue
+        if packed:
+            rows.append(build_packed_row(prompt, completion, cuts, branch, answer, opt, compute_stats))
+        else:
+            rows.extend(build_naive_rows(prompt, completion, cuts, branch, answer, opt, compute_stats))
+        owner.append(slice(start, len(rows)))
+    return rows, owner
+
+
+def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bool:
+    """Check once per model that the packed 4D mask gives what separate forwards give (it may raise, or be ignored
+    silently by an attention kernel that does not take custom masks)."""
+    base = unwrap_model(model)
+    cached = getattr(base, _PACKED_OK_ATTR, None)
+    if cached is not None:
+        return cached
+    prompt, completion, branch, answer = [1, 2, 3], [4, 5, 6, 7], [8], [9]
+    cuts = [0, 2, 4]
+    ok = True
+    try:
+        packed = run([build_packed_row(prompt, completion, cuts, branch, answer, None, True)])[0]
+        naive = run(build_naive_rows(prompt, completion, cuts, branch, answer, None, True))
+        ref_lp = torch.cat([r.answer_logprobs for r in naive[:-1]])
+        ok = torch.allclose(packed.answer_logprobs, ref_lp, atol=1e-3) and torch.allclose(
+            packed.self_certainty, naive[-1].self_certainty, atol=1e-3
+        )
+        reason = "its results differ from separate forwards"
+    except Exception as exc:  # noqa: BLE001 - any refusal of the mask means: use the reference path
+        ok = False
+        reason = f"it raised {type(exc).__name__}: {exc}"
+    if not ok:
+        warnings.warn(
+            f"{type(base).__name__} (attention: {getattr(base.config, '_attn_implementation', '?')}) does not take "
+            f"the packed 4D attention mask ({reason}); PRG falls back to K+1 separate forwards per completion, which "
+            "is slower. Use attn_implementation='sdpa' or 'eager' for the single-pass scoring.",
+            stacklevel=3,
+        )
+    setattr(base, _PACKED_OK_ATTR, ok)
+    return ok
+
+
+@torch.no_grad()
+def score_rollouts(
+    model: nn.Module,
+    prompt_ids: Any,
+    completion_ids: Any,
+    *,
+    step_spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    trigger_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    answer_ids: Sequence[Sequence[int] | None] | None = None,
+    option_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    prompt_mask: Any = None,
+    completion_mask: Any = None,
+    compute_stats: bool = True,
+    method: str = "auto",
+    token_budget: int = 16384,
+    vocab_chunk_elems: int = 1 << 24,
+    pad_token_id: int = 0,
+    sync_num_batches: Callable[[int], int] | None = None,
+) -> list[RolloutStats]:
+    """Score rollouts in one no-grad pass: token statistics and, where steps and an answer are given, the trajectory.
+
+    Args:
+        model: the policy (plain, PEFT, DDP or DeepSpeed wrapped).
+        prompt_ids: per-sample prompt token ids (lists, or a padded tensor with ``prompt_mask``).
+        completion_ids: per-sample completion token ids (lists, or a padded tensor with ``completion_mask``).
+        step_spans: per sample, the ``[start, end)`` token spans of the reasoning steps in the completion
+            (:func:`hytuning_trl.prg.split_steps`), ``[]`` for no reasoning, ``None`` for no trajectory.
+        trigger_ids: the answer trigger's token ids, shared or per sample.
+        answer_ids: per sample, the answer's token ids (raw mode), or ``None`` (options mode: forced choice).
+        option_ids: the option letters' first token ids, shared or per sample. When given, ``lp_k`` is the option-
+            renormalised log-probability of the answer's option: ``log softmax(z_options)[answer]``.
+        prompt_mask, completion_mask: masks of padded tensor inputs (padding on either side).
+        compute_stats: also compute self-certainty and entropy over every completion token.
+        method: ``"packed"`` (one forward per row batch), ``"naive"`` (K+1 forwards), or ``"auto"`` (packed where
+            the model takes the 4D mask, checked once).
+        token_budget: padded tokens per forward; longer inputs are split over several forwards.
+        vocab_chunk_elems: fp32 logits held at once by the vocabulary projection.
+        pad_token_id: padding id for the batched forwards.
+        sync_num_batches: maps the local number of forwards to the global one (ZeRO-3 needs equal counts).
+
+    Returns:
+        One :class:`RolloutStats` per sample with ``self_certainty``, ``entropy``, ``answer_logprobs`` (``None``
+        without a trajectory), ``num_steps`` and, in options mode, ``option_logprobs`` and ``answer_index``.
+    """
+    prompts = to_id_lists(prompt_ids, prompt_mask)
+    completions = to_id_lists(completion_ids, completion_mask)
+    n = len(prompts)
+    if len(completions) != n:
+        raise ValueError(f"Got {n} prompts but {len(completions)} completions.")
+    spans = [None] * n if step_spans is None else [None if s is None else list(s) for s in step_spans]
+    if len(spans) != n:
+        raise ValueError(f"`step_spans` has {len(spans)} entries but there are {n} samples.")
+    triggers = _per_sample(trigger_ids, n, "trigger_ids")
+    options = _per_sample(option_ids, n, "option_ids")
+    answers = [None] * n if answer_ids is None else [None if a is None else list(a) for a in answer_ids]
+    if len(answers) != n:
+        raise ValueError(f"`answer_ids` has {len(answers)} entries but there are {n} samples.")
+    if method not in ("auto", "packed", "naive"):
+        raise ValueError(f"`method` must be 'auto', 'packed' or 'naive', got {method!r}.")
+    for i, (opt, ans) in enumerate(zip(options, answers)):
+        if opt is not None and ans is not None and ans[0] not in opt:
+            raise ValueError(f"Sample {i}: the answer's first token {ans[0]} is not among the option ids {opt}.")
+
+    def run(rows: list[Row]) -> list:
+        return run_rows(
+            model,
+            rows,
+            token_budget=token_budget,
+            vocab_chunk_elems=vocab_chunk_elems,
+            pad_token_id=pad_token_id,
+            sync_num_batches=sync_num_batches,
+        )
+
+    packed = method == "packed" or (method == "auto" and _packed_mask_works(model, run))
+    layouts = _layouts(prompts, completions, spans, triggers, answers, options)
+    rows, owner = _rows(layouts, prompts, completions, compute_stats, packed)
+    results = run(rows)
+
+    out = []
+    for i, ((cuts, _, answer, opt), own) in enumerate(zip(layouts, owner)):
+        res = results[own]
+        stats = RolloutStats(completion_ids=completions[i], num_steps=len(cuts) - 1 if cuts else 0)
+        if compute_stats and completions[i]:
+            stat_res = res[0] if packed else res[-1]
+            stats.self_certainty = stat_res.self_certainty.mean().item()
+            stats.entropy = stat_res.entropy.mean().item()
+        if cuts is not None:
+            traj_res = res[:1] if packed else res[: len(cuts)]
+            if opt is not None:
+                logits = torch.cat([r.option_logits for r in traj_res], dim=0)  # (K+1, n_options)
+                logprobs = torch.log_softmax(logits.double(), dim=-1)
+                given = answers[i]
+                index = opt.index(given[0]) if given is not None else int(logprobs[-1].argmax())
+                stats.option_logprobs = logprobs.tolist()
+                stats.answer_index = index
+                stats.answer_logprobs = logprobs[:, index].tolist()
+            else:
+                lp = torch.cat([r.answer_logprobs for r in traj_res]).view(len(cuts), len(answer))
+                stats.answer_logprobs = lp.double().sum(dim=-1).tolist()
+        out.append(stats)
+    return out
