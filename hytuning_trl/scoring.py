@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .packing import Row, build_naive_rows, build_packed_row, run_rows, unwrap_model
+from .packing import Row, build_naive_rows, build_packed_row, get_backbone_and_head, run_rows, unwrap_model
 
 __all__ = ["RolloutStats", "score_rollouts", "to_id_lists"]
 
@@ -149,7 +149,8 @@ def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bo
     cached = getattr(base, _PACKED_OK_ATTR, None)
     if cached is not None:
         return cached
-    prompt, completion, branch, answer = [1, 2, 3], [4, 5, 6, 7], [8], [9]
+    vocab = get_backbone_and_head(model)[1].weight.size(0)
+    prompt, completion, branch, answer = ([t % vocab for t in ids] for ids in ([1, 2, 3], [4, 5, 6, 7], [8], [9]))
     cuts = [0, 2, 4]
     ok = True
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import textwrap
 from typing import Any
 
@@ -14,6 +13,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .answers import AnswerExtractor
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
 from .distill import (
@@ -25,7 +25,7 @@ from .distill import (
     tokenize_distill_dataset,
 )
 from .mixing import MixingState
-from .prg import prg_score, split_steps
+from .prg import prg_score
 from .rewards import SelfCertaintyReward
 from .scoring import RolloutStats, score_rollouts
 
@@ -126,15 +126,17 @@ class HyTuningTrainer(GRPOTrainer):
             **kwargs,
         )
         self.prg_callback = prg_callback
-        prg_callback.bind(self)
+        for callback in callbacks:
+            if hasattr(callback, "bind"):
+                callback.bind(self)
         self.mixing_state = MixingState(rd_weight={"rl_only": 0.0, "rd_only": 1.0}.get(args.mixing, args.rd_weight))
         self._mixing_state_restored = False
         self._prg_rounds: list[dict[str, float | None]] = []
         self._rollout_rows: list[dict] | None = None
-        self._token_text_cache: dict[int, str] = {}
-        self._answer_re = re.compile(args.answer_pattern)
+        self.answer_extractor = AnswerExtractor.from_config(
+            self._tokenizer, args, special_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id]
+        )
         self._trigger_ids = self._tokenizer(args.answer_trigger, add_special_tokens=False)["input_ids"]
-        self._option_id_cache: dict[tuple[str, ...], list[int]] = {}
 
         self.distill_examples: list[DistillExample] = []
         self.distill_iterator: ShardedEndlessIterator | None = None
@@ -170,97 +172,35 @@ class HyTuningTrainer(GRPOTrainer):
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
-    # ------------------------------------------------------------------ answers and steps
-    def _option_letters(self, row: dict | None) -> list[str] | None:
-        options = row.get("options") if row else None
-        if isinstance(options, dict) and options:
-            return sorted(str(k) for k, v in options.items() if v is not None)
-        if isinstance(options, (list, tuple)) and options and not isinstance(options[0], dict):
-            return [chr(ord("A") + i) for i in range(len(options))]
-        if isinstance(options, (list, tuple)) and options and isinstance(options[0], dict) and "key" in options[0]:
-            return [str(o["key"]) for o in options]
-        return list(self.args.answer_options) if self.args.answer_options else None
-
-    def _option_ids(self, letters: list[str]) -> list[int]:
-        key = tuple(letters)
-        if key not in self._option_id_cache:
-            ids = [self._tokenizer(" " + letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
-            if len(set(ids)) != len(ids):
-                raise ValueError(
-                    f"The options {letters} do not start with distinct tokens; PRG cannot tell them apart."
-                )
-            self._option_id_cache[key] = ids
-        return self._option_id_cache[key]
-
-    def _reasoning_end(self, completion_ids: list[int], char_start: int) -> int:
-        """The first token whose text reaches past ``char_start`` of the decoded completion (binary search)."""
-        lo, hi = 0, len(completion_ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(self._tokenizer.decode(completion_ids[: mid + 1], skip_special_tokens=True)) > char_start:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
-
-    def _analyse(self, completion_ids: list[int], row: dict | None) -> dict[str, Any]:
-        """Steps, answer and what to score for one completion (a rollout or an RD trace)."""
-        text = self._tokenizer.decode(completion_ids, skip_special_tokens=True)
-        matches = list(self._answer_re.finditer(text))
-        letters = self._option_letters(row) if self.args.answer_probability == "options" else None
-        answer = matches[-1].group(1) if matches else None
-        end = self._reasoning_end(completion_ids, matches[-1].start()) if matches else len(completion_ids)
-        special = {*self.eos_token_ids, self._tokenizer.pad_token_id}
-        while end > 0 and completion_ids[end - 1] in special:
-            end -= 1
-        info: dict[str, Any] = {"text": text, "answer": None, "answer_ids": None, "option_ids": None, "spans": None}
-        if letters is not None:
-            info["option_ids"] = self._option_ids(letters)
-            info["letters"] = letters
-            letter = answer[0].upper() if answer else None
-            if letter in letters:
-                info["answer"] = letter
-                info["answer_ids"] = [info["option_ids"][letters.index(letter)]]
-        elif answer is not None:
-            info["answer"] = answer
-            info["answer_ids"] = self._tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        if letters is not None or info["answer_ids"]:
-            info["spans"] = split_steps(
-                completion_ids,
-                self._tokenizer,
-                self.args.step_separator,
-                reasoning_end=end,
-                max_steps=self.args.prg_max_steps,
-                fallback_separator="\n" if self.args.step_separator == "\n\n" else None,
-                cache=self._token_text_cache,
-            )
-        return info
-
+    # ------------------------------------------------------------------ scoring
     def _score(
         self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rows: list[dict | None], stats: bool
     ) -> list[RolloutStats]:
         """The scoring pass over a batch, with the answers and PRG filled in."""
-        infos = [self._analyse(ids, row) for ids, row in zip(completion_ids, rows)]
+        parsed = [
+            self.answer_extractor.parse(ids, row.get("options") if row else None)
+            for ids, row in zip(completion_ids, rows)
+        ]
         records = score_rollouts(
             self.model,
             prompt_ids,
             completion_ids,
-            step_spans=[i["spans"] for i in infos],
+            step_spans=[p.spans for p in parsed],
             trigger_ids=self._trigger_ids,
-            answer_ids=[i["answer_ids"] for i in infos],
-            option_ids=[i["option_ids"] for i in infos],
+            answer_ids=[p.answer_ids for p in parsed],
+            option_ids=[p.option_ids for p in parsed],
             compute_stats=stats,
             method=self.args.scoring_method,
             token_budget=self.args.scoring_token_budget,
             pad_token_id=self._tokenizer.pad_token_id,
             sync_num_batches=self._sync_num_batches,
         )
-        for record, info in zip(records, infos):
-            record.text = info["text"]
-            record.answer = info["answer"]
+        for record, p in zip(records, parsed):
+            record.text = p.text
+            record.answer = p.answer
             if record.answer_logprobs is not None:
-                if info["option_ids"] is not None and info["answer"] is None:
-                    record.answer = info["letters"][record.answer_index]
+                if p.option_ids is not None and p.answer is None:
+                    record.answer = p.letters[record.answer_index]
                     record.answer_forced = True
                 record.prg = prg_score(record.answer_logprobs, self.args.prg_aggregation)
         return records

@@ -1,0 +1,135 @@
+"""Calibration metrics against independent references, their properties, and the reliability diagram."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
+
+from hytuning_trl import (
+    aurc,
+    auroc,
+    brier_score,
+    calibration_metrics,
+    expected_calibration_error,
+    overconfidence_rate,
+    reliability_diagram,
+)
+
+conf_correct = st.integers(2, 60).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.floats(0, 1, allow_nan=False), min_size=n, max_size=n),
+        st.lists(st.booleans(), min_size=n, max_size=n),
+    )
+)
+
+
+def _ece_reference(conf, correct, n_bins):
+    """A loop-by-loop ECE written independently of the package."""
+    total, n = 0.0, len(conf)
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        idx = [i for i, c in enumerate(conf) if (lo <= c < hi) or (b == n_bins - 1 and c == 1.0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            avg = sum(conf[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - avg)
+    return total
+
+
+def test_hand_values():
+    conf = [0.9, 0.8, 0.3, 0.95, 0.6]
+    correct = [1, 0, 0, 1, 1]
+    assert brier_score(conf, correct) == pytest.approx(np.mean([0.01, 0.64, 0.09, 0.0025, 0.16]))
+    assert overconfidence_rate(conf, correct) == 0.0  # the wrong answers had 0.8 and 0.3
+    assert overconfidence_rate([0.95, 0.91, 0.2], [0, 0, 1]) == 1.0
+    # risk-coverage: sorted 0.95(1) 0.9(1) 0.8(0) 0.6(1) 0.3(0) -> risks 0, 0, 1/3, 1/4, 2/5
+    assert aurc(conf, correct) == pytest.approx(np.mean([0, 0, 1 / 3, 1 / 4, 2 / 5]))
+    assert expected_calibration_error([0.25, 0.75], [0, 1], n_bins=2) == pytest.approx(0.25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conf_correct)
+def test_against_references(data):
+    conf, correct = data
+    assert expected_calibration_error(conf, correct) == pytest.approx(_ece_reference(conf, correct, 15), abs=1e-9)
+    if 0 < sum(correct) < len(correct):
+        assert auroc(conf, correct) == pytest.approx(roc_auc_score(correct, conf), abs=1e-9)
+    else:
+        with pytest.raises(ValueError, match="both correct and wrong"):
+            auroc(conf, correct)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conf_correct, st.sampled_from(["uniform", "quantile"]))
+def test_ranges(data, strategy):
+    conf, correct = data
+    assert 0.0 <= expected_calibration_error(conf, correct, strategy=strategy) <= 1.0
+    assert 0.0 <= brier_score(conf, correct) <= 1.0
+    assert 0.0 <= aurc(conf, correct) <= 1.0
+    m = calibration_metrics(conf, correct)
+    assert all(v is None or np.isfinite(v) for v in m.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 14), st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=10))
+def test_ece_zero_for_perfectly_calibrated_bins(bins):
+    """Bins whose accuracy equals their confidence: ECE 0."""
+    conf, correct = [], []
+    for b, total, k in bins:
+        k = min(k, total)
+        c = (b + 0.5) / 15 if total == 0 else None
+        c = k / total
+        if not (b / 15 <= c < (b + 1) / 15 or c == 1.0):
+            continue
+        conf += [c] * total
+        correct += [1] * k + [0] * (total - k)
+    if conf:
+        assert expected_calibration_error(conf, correct) == pytest.approx(0.0, abs=1e-12)
+
+
+grid = st.integers(2, 60).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 1000).map(lambda k: k / 1000), min_size=n, max_size=n),
+        st.lists(st.booleans(), min_size=n, max_size=n),
+    )
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid)
+def test_auroc_invariant_to_monotone_transforms(data):
+    conf, correct = data
+    if not 0 < sum(correct) < len(correct):
+        return
+    c = np.asarray(conf)
+    assert auroc(c, correct) == pytest.approx(auroc(c**3, correct), abs=1e-12)
+    assert auroc(c, correct) == pytest.approx(auroc((np.exp(c) - 1) / (np.e - 1), correct), abs=1e-12)
+
+
+def test_degenerate_inputs():
+    with pytest.raises(ValueError, match="empty"):
+        brier_score([], [])
+    with pytest.raises(ValueError, match="pair up"):
+        brier_score([0.1, 0.2], [1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error([1.5], [1])
+    with pytest.raises(ValueError, match="NaN"):
+        aurc([float("nan")], [1])
+    with pytest.raises(ValueError, match="0/1"):
+        brier_score([0.5], [2])
+    assert calibration_metrics([0.9, 0.8], [1, 1])["auroc"] is None  # all correct: AUROC undefined, not NaN
+    assert overconfidence_rate([0.9, 0.8], [1, 1]) == 0.0
+    assert aurc([0.9, 0.8], [0, 0]) == 1.0
+
+
+def test_reliability_diagram_is_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0, 1, 200)
+    correct = rng.uniform(0, 1, 200) < conf
+    path = reliability_diagram(conf, correct, tmp_path / "r.png", title="test")
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 300
+        assert len(set(img.convert("L").getdata())) > 10  # something was drawn

@@ -1,0 +1,247 @@
+"""Internal-feedback rewards: hand-computed values, permutation properties, plumbing, subclassing."""
+
+import math
+import pickle
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_args
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from hytuning_trl import (
+    AnswerConfidenceReward,
+    EntropyReward,
+    HyTuningTrainer,
+    InternalFeedbackReward,
+    MajorityVoteReward,
+    PRGGatedConfidenceReward,
+    PRGReward,
+    RolloutStats,
+    SelfCertaintyReward,
+    score_rollouts,
+)
+
+
+class _Backbone(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, vocab)
+        self.embed.weight.data = torch.eye(vocab)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return SimpleNamespace(last_hidden_state=self.embed(input_ids))
+
+
+class FixedLogitsLM(nn.Module):
+    """The next-token logits after token ``i`` are row ``i`` of a fixed table, whatever came before."""
+
+    def __init__(self, table):
+        super().__init__()
+        vocab = table.size(0)
+        self.config = SimpleNamespace(final_logit_softcapping=None, logit_scale=None, _attn_implementation="eager")
+        self.backbone = _Backbone(vocab)
+        self.head = nn.Linear(vocab, vocab, bias=False)
+        self.head.weight.data = table.t().contiguous()
+
+    def get_decoder(self):
+        return self.backbone
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+TABLE = torch.tensor(
+    [
+        [2.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [1.0, 1.0, 3.0, -1.0],
+        [0.0, 0.0, 0.0, math.log(3.0)],
+    ]
+)
+
+
+def _hand_self_certainty(row):
+    row = [float(x) for x in row]
+    return math.log(sum(math.exp(z) for z in row)) - sum(row) / len(row) - math.log(len(row))
+
+
+def _hand_entropy(row):
+    z = [math.exp(float(x)) for x in row]
+    p = [x / sum(z) for x in z]
+    return -sum(q * math.log(q) for q in p)
+
+
+def test_statistics_on_fixed_logits():
+    model = FixedLogitsLM(TABLE)
+    # prompt [0], completion [2, 3]: distributions used are those after tokens 0 and 2
+    [stats] = score_rollouts(model, [[0]], [[2, 3]], step_spans=[[(0, 1), (1, 2)]], trigger_ids=[1], answer_ids=[[3]])
+    expected_sc = (_hand_self_certainty(TABLE[0]) + _hand_self_certainty(TABLE[2])) / 2
+    expected_h = (_hand_entropy(TABLE[0]) + _hand_entropy(TABLE[2])) / 2
+    assert stats.self_certainty == pytest.approx(expected_sc, abs=1e-6)
+    assert stats.entropy == pytest.approx(expected_h, abs=1e-6)
+    # the answer 3 always follows the trigger token 1 (uniform row): p = 1/4 at every k
+    assert stats.answer_logprobs == pytest.approx([math.log(0.25)] * 3, abs=1e-6)
+    stats.prg = 0.0
+    assert SelfCertaintyReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(expected_sc, abs=1e-6)]
+    assert EntropyReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(-expected_h, abs=1e-6)]
+    assert AnswerConfidenceReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(0.25, abs=1e-6)]
+    # after trigger token 3, the answer 3 has p = 3 / (3 + 3) = 1/2
+    [s2] = score_rollouts(model, [[0]], [[2]], step_spans=[[(0, 1)]], trigger_ids=[3], answer_ids=[[3]])
+    assert math.exp(s2.answer_logprobs[-1]) == pytest.approx(0.5, abs=1e-6)
+
+
+def _stats(lps, prg=None, answer=None, forced=False, sc=0.1, h=1.0):
+    return RolloutStats(
+        self_certainty=sc, entropy=h, answer_logprobs=lps, prg=prg, answer=answer, answer_forced=forced
+    )
+
+
+def test_rewards_from_hand_stats():
+    s = _stats([math.log(0.2), math.log(0.7)], prg=0.5, answer="A")
+    low = _stats([math.log(0.9), math.log(0.3)], prg=-0.6, answer="B")
+    decided = _stats([math.log(0.95), math.log(0.96)], prg=0.01, answer="A")
+    none = _stats(None, prg=None, answer=None)
+    batch = [s, low, decided, none]
+    assert PRGReward()(hytuning_stats=batch) == [0.5, -0.6, 0.01, None]
+    gated = PRGGatedConfidenceReward()(hytuning_stats=batch)
+    assert gated[0] == pytest.approx(0.5) and gated[1] == 0.0 and gated[2] == pytest.approx(0.01) and gated[3] is None
+    conf = AnswerConfidenceReward()(hytuning_stats=batch)
+    assert conf[:3] == pytest.approx([0.7, 0.3, 0.96]) and conf[3] is None
+    # PRG bigger than the confidence it built: capped at p_K
+    assert PRGGatedConfidenceReward()(hytuning_stats=[_stats([math.log(0.3)], prg=0.5)]) == [pytest.approx(0.3)]
+    assert SelfCertaintyReward()(hytuning_stats=[_stats(None, sc=float("nan"))]) == [None]  # non-finite -> None
+
+
+def test_majority_vote_groups():
+    answers = ["A", "B", "A", None, "C", "C", "D", "D"]
+    batch = [_stats(None, answer=a) for a in answers]
+    out = MajorityVoteReward()(hytuning_stats=batch, hytuning_num_generations=[4] * 8)
+    assert out == [1.0, 0.0, 1.0, None, 1.0, 1.0, 0.0, 0.0]  # tie C/D -> C (sorts first)
+    forced = [_stats(None, answer="B", forced=True), _stats(None, answer="A"), _stats(None, answer="B", forced=True)]
+    assert MajorityVoteReward(use_forced=False)(hytuning_stats=forced, hytuning_num_generations=[3] * 3) == [
+        None,
+        1.0,
+        None,
+    ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["A", "B", "C", None]), min_size=6, max_size=6), st.randoms(use_true_random=False))
+def test_rewards_permute_with_completions(answers, rnd):
+    group = [
+        _stats([math.log(0.1 + 0.1 * i), math.log(0.2 + 0.1 * i)], prg=0.1 * i - 0.2, answer=a, sc=0.01 * i, h=i)
+        for i, a in enumerate(answers)
+    ]
+    perm = list(range(6))
+    rnd.shuffle(perm)
+    shuffled = [group[i] for i in perm]
+    for reward in (
+        SelfCertaintyReward(),
+        EntropyReward(),
+        PRGReward(),
+        PRGGatedConfidenceReward(),
+        MajorityVoteReward(),
+    ):
+        kwargs = {"hytuning_num_generations": [6] * 6}
+        base = reward(hytuning_stats=group, **kwargs)
+        out = reward(hytuning_stats=shuffled, **kwargs)
+        assert out == [base[i] for i in perm]
+
+
+def test_clear_error_without_statistics():
+    with pytest.raises(ValueError, match="HyTuningTrainer"):
+        SelfCertaintyReward()(prompts=["p"], completions=["c"], completion_ids=[[1]])
+
+
+def test_clear_error_in_plain_grpo(tmp_path, trained_model, trained_tokenizer, train_dataset):
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=16,
+        max_steps=1,
+        report_to=[],
+    )
+    trainer = GRPOTrainer(
+        model=trained_model,
+        reward_funcs=[SelfCertaintyReward()],
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=trained_tokenizer,
+    )
+    with pytest.raises(ValueError, match="use HyTuningTrainer|Train with HyTuningTrainer"):
+        trainer.train()
+
+
+def test_picklable_and_named():
+    for cls in (SelfCertaintyReward, EntropyReward, AnswerConfidenceReward, PRGReward, PRGGatedConfidenceReward):
+        reward = pickle.loads(pickle.dumps(cls()))
+        assert reward.__name__ == cls.__dict__["__name__"] and reward.__name__.islower()
+    assert pickle.loads(pickle.dumps(MajorityVoteReward(use_forced=False))).use_forced is False
+
+
+class VerbalisedBrier(InternalFeedbackReward):
+    """A user reward: negative Brier score of the answer probability against the group's majority answer."""
+
+    __name__ = "verbalised_brier"
+    group_wise = True
+
+    def score_group(self, group):
+        votes = MajorityVoteReward().score_group(group)
+        return [
+            None if v is None or s.answer_confidence is None else -((s.answer_confidence - v) ** 2)
+            for s, v in zip(group, votes)
+        ]
+
+
+def test_user_subclass_trains_and_logs(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
+    trainer = HyTuningTrainer(
+        model=trained_model,
+        reward_funcs=[SelfCertaintyReward(), VerbalisedBrier()],
+        args=make_args(tmp_path, max_steps=2),
+        train_dataset=train_dataset,
+        distill_dataset=distill_dataset,
+        processing_class=trained_tokenizer,
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    values = [h["rewards/verbalised_brier/mean"] for h in logs]
+    assert all(-1.0 <= v <= 0.0 for v in values)
+
+
+def _majority_worker(rank, world, init_file, answers, result_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    assert dist.get_world_size() == 2
+    half = len(answers) // 2
+    local = [_stats(None, answer=a) for a in answers[rank * half : (rank + 1) * half]]
+    out = MajorityVoteReward()(hytuning_stats=local, hytuning_num_generations=[len(answers)] * len(local))
+    gathered = [None, None]
+    dist.all_gather_object(gathered, out)
+    if rank == 0:
+        torch.save(gathered, result_file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_majority_vote_across_two_processes(tmp_path):
+    # one group of 6 completions split 3 / 3 over two processes; the majority "B" lives mostly on process 1
+    answers = ["A", "B", None, "B", "B", "A"]
+    result = tmp_path / "out.pt"
+    torch.multiprocessing.spawn(
+        _majority_worker, args=(2, str(tmp_path / "init"), answers, str(result)), nprocs=2, join=True
+    )
+    gathered = torch.load(result)
+    assert gathered[0] + gathered[1] == [0.0, 1.0, None, 1.0, 1.0, 0.0]
+    # a single process seeing only its half would have voted "A" for process 0
+    assert MajorityVoteReward()(hytuning_stats=[_stats(None, answer=a) for a in answers[:3]]) == [1.0, 0.0, None]
+    random.seed(0)
