@@ -179,8 +179,8 @@ def rd_loss(model: nn.Module, batch: dict[str, torch.Tensor], chord_phi: bool = 
     """NLL of the completion given the prompt, untempered, averaged over the batch's completion tokens.
 
     Only the logits from the first completion position on are computed (``logits_to_keep``), and they are turned
-    into log-probabilities one sequence at a time. A non-finite loss becomes ``0 * (sum of the finite terms)``: it
-    contributes nothing, but the backward still runs through the same parameters on every process.
+    into log-probabilities one sequence at a time. A non-finite loss becomes 0 and carries no gradient (a backward
+    through NaN activations poisons every gradient, even multiplied by 0); it is reported in ``nonfinite``.
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     completion_mask = batch["completion_mask"]
@@ -205,7 +205,9 @@ def rd_loss(model: nn.Module, batch: dict[str, torch.Tensor], chord_phi: bool = 
         loss = selected.sum() / max(n_tokens, 1)
         nonfinite = False
     else:
-        loss = 0.0 * torch.where(finite, selected, torch.zeros_like(selected)).sum()
+        # Any backward through the non-finite forward would put NaN in the gradients (0 * NaN is NaN), so the RD
+        # term becomes a plain zero; the GRPO term still runs the same backward on every process.
+        loss = torch.zeros((), device=selected.device, dtype=selected.dtype)
         nonfinite = True
     raw = (-token_logps.detach())[mask]
     nll_sum = float(raw[torch.isfinite(raw)].sum())

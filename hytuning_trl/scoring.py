@@ -149,7 +149,8 @@ def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bo
     cached = getattr(base, _PACKED_OK_ATTR, None)
     if cached is not None:
         return cached
-    vocab = get_backbone_and_head(model)[1].weight.size(0)
+    weight = get_backbone_and_head(model)[1].weight
+    vocab = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 partitions leave the local tensor empty
     prompt, completion, branch, answer = ([t % vocab for t in ids] for ids in ([1, 2, 3], [4, 5, 6, 7], [8], [9]))
     cuts = [0, 2, 4]
     ok = True

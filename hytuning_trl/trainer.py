@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import textwrap
+import threading
 from typing import Any
 
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -32,6 +36,7 @@ from .scoring import RolloutStats, score_rollouts
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
 STATE_FILE = "hytuning_state.json"
+logger = logging.get_logger(__name__)
 
 
 def _check_train_dataset(dataset: Any) -> None:
@@ -45,6 +50,22 @@ def _check_train_dataset(dataset: Any) -> None:
             f"`train_dataset` lacks the 'prompt' column (it has {columns}). It must be in TRL's prompt-only format: "
             "rename your question column, e.g. dataset.rename_column('question', 'prompt')."
         )
+
+
+def _check_peft_zero3(model: Any, args: HyTuningConfig, peft_config: Any) -> None:
+    """PEFT under ZeRO-3 with gradient checkpointing: TRL forces reentrant checkpointing, with which DeepSpeed reduces
+    the gradient of a LoRA weight once per forward that used it; the RD head's second forward per micro-step then
+    trips ZeRO-3 (an assertion on duplicate parameters in a gradient bucket). Say so before training starts."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    is_peft = peft_config is not None or hasattr(model, "peft_config")
+    if is_peft and plugin is not None and plugin.zero_stage == 3 and args.gradient_checkpointing:
+        if args.mixing != "rl_only":
+            raise ValueError(
+                "PEFT under DeepSpeed ZeRO-3 with gradient_checkpointing=True cannot run the RD head: TRL forces "
+                "reentrant checkpointing there, and ZeRO-3 then reduces each LoRA gradient once per forward (the RD "
+                "head adds a second forward per micro-step). Set gradient_checkpointing=False (LoRA activations are "
+                "small), use ZeRO-2, or train with mixing='rl_only'."
+            )
 
 
 class HyTuningTrainer(GRPOTrainer):
@@ -107,6 +128,7 @@ class HyTuningTrainer(GRPOTrainer):
             raise TypeError(f"`args` must be a HyTuningConfig, got {type(args).__name__}.")
         _check_train_dataset(train_dataset)
         check_distill_dataset(distill_dataset, args.mixing)
+        _check_peft_zero3(model, args, kwargs.get("peft_config"))
         if reward_funcs is None:
             reward_funcs = [SelfCertaintyReward()]
         callbacks = list(callbacks or [])
@@ -323,16 +345,22 @@ class HyTuningTrainer(GRPOTrainer):
         return grpo + lam * rd
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        """TRL's checkpoint plus ``hytuning_state.json`` (mixing state and RD iterator position), written first and
+        atomically; SIGTERM / SIGINT arriving while the checkpoint is written are held until it is complete."""
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            os.makedirs(folder, exist_ok=True)
             state = self.mixing_state.to_dict()
             if self.distill_iterator is not None:
                 state.update(self.distill_iterator.state_dict())
-            with open(os.path.join(folder, STATE_FILE), "w") as f:
+            tmp = os.path.join(folder, STATE_FILE + ".tmp")
+            with open(tmp, "w") as f:
                 json.dump(state, f, indent=2)
+            os.replace(tmp, os.path.join(folder, STATE_FILE))
+        with _signals_held():
+            super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -340,6 +368,10 @@ class HyTuningTrainer(GRPOTrainer):
             return
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.exists(path):
+            logger.warning(
+                f"{checkpoint} has no {STATE_FILE}: the mixing state (PRG averages, RD weight) and the RD iterator "
+                "restart from their initial values."
+            )
             return
         with open(path) as f:
             state = json.load(f)
@@ -347,6 +379,25 @@ class HyTuningTrainer(GRPOTrainer):
         if self.distill_iterator is not None:
             self.distill_iterator.load_state_dict(state)
         self._mixing_state_restored = True
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGTERM / SIGINT until the block ends, then deliver them (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in received:
+            os.kill(os.getpid(), signum)
 
 
 def _disable_bnb_avx512bf16(model: torch.nn.Module) -> None:

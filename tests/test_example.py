@@ -71,3 +71,11 @@ def test_bad_trace_columns(example, tmp_path):
     script_args, _, _ = example.parse(["--distill_file", str(bad), "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="distill_prompt_column"):
         example.build_distill_dataset(script_args)
+
+
+@pytest.mark.parametrize("recipe", sorted(os.listdir(os.path.join(ROOT, "examples", "recipes"))))
+def test_recipes_parse(example, recipe):
+    path = os.path.join(ROOT, "examples", "recipes", recipe)
+    script_args, training_args, model_args = example.parse(["--config", path, "--use_cpu", "true", "--bf16", "false"])
+    assert training_args.mixing in ("prg", "constant", "chord", "rl_only", "rd_only")
+    assert all(name in example.REWARDS for name in script_args.rewards)

@@ -1,0 +1,258 @@
+"""Real multi-process runs on CPU: DDP (torchrun, gloo) and DeepSpeed ZeRO-3 (accelerate), plus LoRA / QLoRA and
+interrupted training. Run alone with `pytest -m multiprocess`."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(ROOT, "tests", "distributed", "hytuning_run.py")
+ZERO3 = os.path.join(ROOT, "examples", "accelerate_configs", "deepspeed_zero3_cpu.yaml")
+TIMEOUT = 400  # a hang is a failure
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("RANK", None)
+    return env
+
+
+def _launch(kind, out, *args):
+    if kind == "ddp":
+        cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_port()), RUNNER]
+    else:
+        cmd = ["accelerate", "launch", "--config_file", ZERO3, "--main_process_port", str(_port()), RUNNER]
+    cmd += ["--out", str(out), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in results] == [2, 2] and [r["rank"] for r in results] == [0, 1]
+    return results
+
+
+def _same_lam_every_step(results):
+    lams = [[h["hytuning/rd_weight"] for h in r["logs"]] for r in results]
+    assert lams[0] == lams[1] and len(lams[0]) == len(results[0]["logs"])
+    return lams[0]
+
+
+def _traces_sharded(results):
+    by_epoch = {}
+    for rank, r in enumerate(results):
+        for epoch, batch in r["seen_traces"]:
+            by_epoch.setdefault((epoch, rank), []).extend(batch)
+    epochs = {e for e, _ in by_epoch}
+    for e in epochs:
+        a, b = by_epoch.get((e, 0), []), by_epoch.get((e, 1), [])
+        assert not set(a) & set(b), f"epoch {e}: a trace was read by both processes"
+        assert len(set(a)) == len(a) and len(set(b)) == len(b)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(trained_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    args = [
+        "--model",
+        trained_dir,
+        "--scripted",
+        "--inject_nonfinite",
+        "--save_steps",
+        "2",
+        "--max_steps",
+        "3",
+        "--token_budget",
+        "200",
+    ]
+    return out, _launch("ddp", out, *args)
+
+
+@pytest.mark.multiprocess
+def test_ddp_trains_in_lockstep(ddp_run):
+    _, results = ddp_run
+    lams = _same_lam_every_step(results)
+    assert lams[0] == 0.5 and len(set(lams)) > 1
+    assert results[0]["step_counts"] and set(results[0]["step_counts"]) == {1}  # different step counts per process
+    assert set(results[1]["step_counts"]) == {4}
+    _traces_sharded(results)
+    assert results[0]["batches_per_epoch"] == 3  # 12 traces / (2 per batch x 2 processes)
+    for r in results:
+        assert r["finite"] and all(h["loss"] == h["loss"] for h in r["logs"])
+    # injected: a NaN PRG on process 0 and a NaN RD loss on process 1, both counted, identical on both processes
+    logs = results[0]["logs"]
+    assert sum(h["hytuning/prg_nonfinite"] for h in logs) >= 1
+    assert sum(h["hytuning/rd_nonfinite"] for h in logs) >= 1
+    assert [h["hytuning/rd_nonfinite"] for h in logs] == [h["hytuning/rd_nonfinite"] for h in results[1]["logs"]]
+
+
+@pytest.mark.multiprocess
+def test_ddp_resume_restores_state(ddp_run, trained_dir):
+    out, _ = ddp_run
+    ckpt = out / "checkpoint-2"
+    saved = json.loads((ckpt / "hytuning_state.json").read_text())
+    resumed = _launch("ddp", out, "--model", trained_dir, "--scripted", "--max_steps", "3", "--resume", str(ckpt))
+    for r in resumed:
+        assert r["restored"] == saved
+    assert saved["rd_position"] == 2 and saved["generation_rounds"] == 2
+
+
+@pytest.mark.multiprocess
+def test_zero3_two_processes(trained_dir, tmp_path):
+    results = _launch(
+        "zero3", tmp_path, "--model", trained_dir, "--scripted", "--max_steps", "3", "--token_budget", "200"
+    )
+    lams = _same_lam_every_step(results)
+    assert len(set(lams)) > 1
+    assert set(results[0]["step_counts"]) == {1} and set(results[1]["step_counts"]) == {4}
+    _traces_sharded(results)
+    assert all(r["finite"] for r in results)
+
+
+@pytest.mark.multiprocess
+def test_zero3_lora_real_generation(trained_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    results = _launch(
+        "zero3", tmp_path, "--model", trained_dir, "--peft", "--max_steps", "2", "--no_gradient_checkpointing"
+    )
+    _same_lam_every_step(results)
+    assert all(r["lora"] and r["finite"] for r in results)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), tmp_path / "adapter")
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert b and any(p.abs().sum() > 0 for p in b)  # the adapter learned something (lora_B starts at zero)
+
+
+@pytest.mark.multiprocess
+def test_zero3_lora_with_checkpointing_fails_clearly(trained_dir, tmp_path):
+    cmd = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        ZERO3,
+        "--main_process_port",
+        str(_port()),
+        RUNNER,
+        "--out",
+        str(tmp_path),
+        "--model",
+        trained_dir,
+        "--peft",
+        "--max_steps",
+        "1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    assert proc.returncode != 0 and "gradient_checkpointing=False" in proc.stderr
+
+
+def test_lora_adapter_round_trip(
+    tmp_path, trained_dir, trained_model, trained_tokenizer, train_dataset, distill_dataset
+):
+    """LoRA without ZeRO-3: the saved adapter loads back onto the base model and gives the same outputs."""
+    from conftest import make_args
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hytuning_trl import HyTuningTrainer
+
+    trainer = HyTuningTrainer(
+        model=trained_model,
+        args=make_args(tmp_path, max_steps=2),
+        train_dataset=train_dataset,
+        distill_dataset=distill_dataset,
+        processing_class=trained_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    ids = torch.tensor([trained_tokenizer("Question 1: which organ is affected")["input_ids"]])
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), tmp_path / "adapter")
+        got = reloaded.eval()(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(trained_dir)(input_ids=ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert not torch.allclose(expected, plain, atol=1e-5)  # the adapter changed the model
+
+
+def test_qlora_cpu_gradients_after_generation(
+    tmp_path, trained_dir, trained_tokenizer, train_dataset, distill_dataset
+):
+    """4-bit bitsandbytes + LoRA trains on CPU, and LoRA gradients after a generation are not silently zero."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from conftest import make_args
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from hytuning_trl import HyTuningTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        trained_dir,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+        dtype=torch.float32,
+    )
+    trainer = HyTuningTrainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=2, max_completion_length=32),
+        train_dataset=train_dataset,
+        distill_dataset=distill_dataset,
+        processing_class=trained_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
+    grads = []
+    for name, p in trainer.model.named_parameters():
+        if "lora_B" in name:
+            p.register_hook(lambda g: grads.append(g.abs().sum().item()))
+    trainer.train()  # every step generates (no-grad forwards) before its backward
+    assert grads and sum(grads) > 0, "LoRA gradients are all zero after generation"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_training_leaves_loadable_checkpoint(trained_dir, tmp_path, sig):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        RUNNER,
+        "--model",
+        trained_dir,
+        "--out",
+        str(out),
+        "--save_steps",
+        "1",
+        "--max_steps",
+        "500",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    deadline = time.time() + TIMEOUT
+    while not (out / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0  # it was interrupted, not finished
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    last = checkpoints[-1]
+    assert len(checkpoints) >= 2
+    AutoModelForCausalLM.from_pretrained(last)
+    state = json.loads((last / "hytuning_state.json").read_text())
+    trainer_state = json.loads((last / "trainer_state.json").read_text())
+    assert state["generation_rounds"] == trainer_state["global_step"]
