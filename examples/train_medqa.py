@@ -92,6 +92,7 @@ class MedQAArguments:
     eval_max_new_tokens: int = field(default=128, metadata={"help": "Reasoning tokens per question in the report."})
     eval_batch_size: int = field(default=8, metadata={"help": "Questions per generation batch in the report."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after calibration report."})
+    eval_before: bool = field(default=True, metadata={"help": "Also report on the model before training."})
     rewards: list[str] = field(
         default_factory=lambda: ["self_certainty", "prg_gated_confidence"],
         metadata={"help": f"Internal-feedback rewards, any of: {', '.join(REWARDS)}."},
@@ -219,7 +220,7 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
         questions = load_mcq(source, script_args.eval_split, script_args.max_eval_samples)
 
     summary: dict = {"model": model_path, "mixing": training_args.mixing}
-    if questions and state.is_main_process:
+    if questions and script_args.eval_before and state.is_main_process:
         summary["before"] = evaluate_to(
             model_path,
             tokenizer,
@@ -249,6 +250,7 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: every logged metric, hytuning/* included
     trainer.accelerator.wait_for_everyone()
     del trainer
 
@@ -263,6 +265,7 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             peft=model_args.use_peft,
         )
         print(format_table(summary["after"], "After HyTuning"), flush=True)
+    if questions and script_args.eval_before and state.is_main_process:
         side_by_side(
             os.path.join(training_args.output_dir, "calibration_before", "reliability.png"),
             os.path.join(training_args.output_dir, "calibration_after", "reliability.png"),

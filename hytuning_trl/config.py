@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .prg import PRG_AGGREGATIONS
+
 __all__ = ["ANSWER_PROBABILITIES", "HyTuningConfig", "MIXING_RULES"]
 
 MIXING_RULES = ("prg", "constant", "chord", "rl_only", "rd_only")
 ANSWER_PROBABILITIES = ("options", "raw")
-_PRG_AGGREGATIONS = ("monotone", "net", "positive", "auc")
 _SCORING_METHODS = ("auto", "packed", "naive")
 
 
@@ -76,7 +77,7 @@ class HyTuningConfig(GRPOConfig):
         metadata={
             "help": "How a trajectory p_0..p_K becomes one PRG value: 'monotone' ((p_K - p_0) * fraction of "
             "non-negative gains), 'net' (p_K - p_0), 'positive' (mean positive gain) or 'auc' (mean of p_k - p_0).",
-            "choices": list(_PRG_AGGREGATIONS),
+            "choices": list(PRG_AGGREGATIONS),
         },
     )
     prg_max_steps: int = field(
@@ -155,7 +156,7 @@ class HyTuningConfig(GRPOConfig):
         if isinstance(self.answer_options, str):
             self.answer_options = [o.strip() for o in self.answer_options.replace(",", " ").split() if o.strip()]
         self._check_choice("mixing", MIXING_RULES)
-        self._check_choice("prg_aggregation", _PRG_AGGREGATIONS)
+        self._check_choice("prg_aggregation", PRG_AGGREGATIONS)
         self._check_choice("scoring_method", _SCORING_METHODS)
         if self.answer_probability is None:
             self.answer_probability = "options" if self.answer_options else "raw"

@@ -157,7 +157,7 @@ def run_rows(
     rows: Sequence[Row],
     *,
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 24,
+    vocab_chunk_elems: int = 1 << 22,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
 ) -> list[RowResult]:
@@ -268,14 +268,17 @@ def _score_batch(
         range(0, h.size(0), chunk_rows), _project(h, weight32, bias32, chunk_rows, softcap, logit_scale)
     ):
         lse = torch.logsumexp(logits, dim=-1)
-        logp = logits - lse.unsqueeze(-1)
         sc_parts.append(lse - logits.mean(dim=-1) - log_v)
-        ent_parts.append(-(logp.exp() * logp).sum(dim=-1))
-        lp_parts.append(logp.gather(-1, target_t[start : start + logits.size(0)].unsqueeze(-1)).squeeze(-1))
+        probs = torch.softmax(logits, dim=-1)
+        # H = lse - sum_v p_v z_v, as a batched dot product (no second vocabulary-sized temporary)
+        ent_parts.append(lse - torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1))
+        del probs
+        targets_chunk = target_t[start : start + logits.size(0)].unsqueeze(-1)
+        lp_parts.append(logits.gather(-1, targets_chunk).squeeze(-1) - lse)
         for j in range(start, start + logits.size(0)):
             if j in option_of:
                 option_logits[j] = logits[j - start, option_of[j]].cpu()
-        del logits, logp
+        del logits
     sc = torch.cat(sc_parts).cpu() if sc_parts else torch.zeros(0)
     ent = torch.cat(ent_parts).cpu() if ent_parts else torch.zeros(0)
     lp = torch.cat(lp_parts).cpu() if lp_parts else torch.zeros(0)

@@ -167,7 +167,7 @@ def answer_logprob_trajectory(
     option_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
     method: str = "auto",
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 24,
+    vocab_chunk_elems: int = 1 << 22,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
 ) -> list[torch.Tensor]:

@@ -191,7 +191,7 @@ def score_rollouts(
     compute_stats: bool = True,
     method: str = "auto",
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 24,
+    vocab_chunk_elems: int = 1 << 22,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
 ) -> list[RolloutStats]:

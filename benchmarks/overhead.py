@@ -1,0 +1,227 @@
+"""What HyTuning costs over plain GRPO: median step time and peak memory, and where the extra time goes.
+
+    python benchmarks/overhead.py                                   # tiny Llama trained on scripted traces (~3 min)
+    python benchmarks/overhead.py --model ~/.cache/hytuning-trl/SmolLM2-135M-Instruct --steps 3 --repeats 1
+
+Settings, all on the same model, prompts, rollout count and lengths, with real generation:
+
+* ``grpo``: ``trl.GRPOTrainer`` with an ordinary (format) reward;
+* ``hytuning_prg_every1`` / ``hytuning_prg_every4``: ``HyTuningTrainer`` (self-certainty reward, RD head, PRG mixing)
+  with the anchor PRG every generation round / every 4 rounds;
+* ``hytuning_rl_only``: ``HyTuningTrainer`` without RD (RLIF only).
+
+Step times (TRL's ``step_time``: generation, scoring, loss, backward, optimizer) are collected in ONE process, the
+settings alternating in each repetition, the first step of every run dropped as warm-up. Peak memory is the rise of
+RSS above its level before ``train()`` (sampled by a thread), each setting in a fresh child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+SETTINGS = ["grpo", "hytuning_prg_every1", "hytuning_prg_every4", "hytuning_rl_only"]
+TIMERS: dict[str, float] = collections.defaultdict(float)
+
+
+def format_reward(completions, **kwargs):
+    """An ordinary TRL reward: 1 if the completion states an answer."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float("answer is" in t) for t in texts]
+
+
+def _timed(owner, name, key):
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TIMERS[key] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
+def instrument():
+    from hytuning_trl import trainer as trainer_module
+
+    _timed(trainer_module, "score_rollouts", "scoring pass (policy + anchor)")
+    _timed(trainer_module, "rd_loss", "RD forward")
+    _timed(trainer_module.HyTuningTrainer, "_anchor_prg", "anchor PRG (within scoring)")
+
+
+def make_trainer(setting, args, model_path, out):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from hytuning_trl import HyTuningConfig, HyTuningTrainer, SelfCertaintyReward
+    from hytuning_trl._testing import scripted_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    questions = scripted_examples(64, seed=31)
+    train = Dataset.from_list([{"prompt": q["prompt"], "options": q["options"]} for q in questions])
+    traces = Dataset.from_list([{"prompt": q["prompt"], "completion": q["completion"]} for q in scripted_examples(16)])
+    common = dict(
+        output_dir=out,
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=args.generations,
+        num_generations=args.generations,
+        max_completion_length=args.max_completion_length,
+        max_steps=args.steps,
+        logging_steps=1,
+        learning_rate=1e-6,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    if setting == "grpo":
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=[format_reward],
+            args=GRPOConfig(**common),
+            train_dataset=train,
+            processing_class=tokenizer,
+        )
+    mixing = "rl_only" if setting == "hytuning_rl_only" else "prg"
+    prg_every = 4 if setting == "hytuning_prg_every4" else 1
+    config = HyTuningConfig(**common, mixing=mixing, prg_every=prg_every, answer_options=["A", "B", "C", "D"])
+    return HyTuningTrainer(
+        model=model,
+        reward_funcs=[SelfCertaintyReward()],
+        args=config,
+        train_dataset=train,
+        distill_dataset=None if mixing == "rl_only" else traces,
+        processing_class=tokenizer,
+    )
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(setting, args, model_path):
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(setting, args, model_path, out)
+        gc.collect()
+        before = _rss_mib()
+        peak = [before]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_mib())
+                time.sleep(0.001)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        trainer.train()
+        done.set()
+        thread.join()
+    print(json.dumps({"peak_mib": peak[0] - before}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: a tiny Llama trained on scripted traces)")
+    p.add_argument("--steps", type=int, default=4, help="steps per run (the first is warm-up)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every setting")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--max_completion_length", type=int, default=96)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model_path", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args.child, args, args.model_path)
+
+    tmp = tempfile.mkdtemp()
+    model_path = args.model
+    if model_path is None:
+        from hytuning_trl._testing import save_trained_tiny_model
+
+        model_path = save_trained_tiny_model(os.path.join(tmp, "tiny"))
+    instrument()
+    step_times = {s: [] for s in SETTINGS}
+    breakdown = {s: collections.defaultdict(float) for s in SETTINGS}
+    for rep in range(args.repeats):
+        for setting in SETTINGS:
+            trainer = make_trainer(setting, args, model_path, os.path.join(tmp, f"{setting}-{rep}"))
+            TIMERS.clear()
+            trainer.train()
+            times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
+            step_times[setting] += times[1:]
+            for key, value in TIMERS.items():
+                breakdown[setting][key] += value / max(len(times), 1)
+            del trainer
+            gc.collect()
+    memory = {}
+    for setting in SETTINGS:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            setting,
+            "--model_path",
+            model_path,
+            "--steps",
+            "2",
+            "--generations",
+            str(args.generations),
+            "--max_completion_length",
+            str(args.max_completion_length),
+            "--threads",
+            str(args.threads),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        memory[setting] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+    base = statistics.median(step_times["grpo"])
+    print(
+        f"model {model_path}; {args.generations} rollouts of <= {args.max_completion_length} tokens; "
+        f"{args.repeats} x {args.steps} steps per setting, first step of each run dropped; {args.threads} threads"
+    )
+    print(f"{'setting':<24}{'median step (s)':>16}{'x GRPO':>8}{'peak RSS rise (MiB)':>21}{'x GRPO':>8}")
+    results = {}
+    for setting in SETTINGS:
+        med = statistics.median(step_times[setting])
+        results[setting] = {
+            "median_step_s": med,
+            "ratio": med / base,
+            "peak_mib": memory[setting],
+            "breakdown_s_per_step": dict(breakdown[setting]),
+        }
+        print(
+            f"{setting:<24}{med:>16.3f}{med / base:>8.2f}{memory[setting]:>21.1f}"
+            f"{memory[setting] / max(memory['grpo'], 1e-9):>8.2f}"
+        )
+    print("where the extra time goes (seconds per step, measured inside the runs):")
+    for setting in SETTINGS[1:]:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(breakdown[setting].items()))
+        print(f"  {setting}: {parts}")
+    print("goals: prg_every=1 <= 1.5x GRPO, prg_every=4 <= 1.25x GRPO")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
