@@ -259,7 +259,9 @@ def _score_batch(
             option_of[len(row_idx)] = r.option_ids or []
             row_idx.append(i), pos_idx.append(p), targets.append(0)
     device = hidden.device
-    h = hidden[torch.tensor(row_idx, dtype=torch.long, device=device), torch.tensor(pos_idx, device=device)]
+    h = hidden[
+        torch.tensor(row_idx, dtype=torch.long, device=device), torch.tensor(pos_idx, dtype=torch.long, device=device)
+    ]
     target_t = torch.tensor(targets, dtype=torch.long, device=device)
     sc_parts, ent_parts, lp_parts = [], [], []
     option_logits: dict[int, torch.Tensor] = {}
