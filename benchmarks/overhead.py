@@ -26,10 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import torch
+from _memory import peak_rss_growth_mib  # benchmarks/_memory.py
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,30 +111,11 @@ def make_trainer(setting, args, model_path, out):
     )
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(setting, args, model_path):
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(setting, args, model_path, out)
-        gc.collect()
-        before = _rss_mib()
-        peak = [before]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_mib())
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        trainer.train()
-        done.set()
-        thread.join()
-    print(json.dumps({"peak_mib": peak[0] - before}))
+        peak = peak_rss_growth_mib(trainer.train, interval_s=0.001)
+    print(json.dumps({"peak_mib": peak}))
 
 
 def main():

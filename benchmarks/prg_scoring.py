@@ -11,17 +11,15 @@ method measured in a fresh child process after a warm-up call.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from _memory import peak_rss_growth_mib  # benchmarks/_memory.py
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hytuning_trl import score_rollouts
@@ -72,37 +70,10 @@ def run(method, model, prompts, completions, spans, trigger, answers):
     )
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_growth_mib(fn) -> float:
-    """How far RSS rises above its level before ``fn()`` while it runs (sampled every 0.2 ms by a thread)."""
-    gc.collect()
-    before = _rss_mib()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.0002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    return max(peak[0], _rss_mib()) - before
-
-
 def child(method, args):
     model, *data = build(args)
     run(method, model, *data)  # warm-up: allocator pools and kernels are in place before measuring
-    print(json.dumps({"peak_mib": peak_growth_mib(lambda: run(method, model, *data))}))
+    print(json.dumps({"peak_mib": peak_rss_growth_mib(lambda: run(method, model, *data))}))
 
 
 def main():

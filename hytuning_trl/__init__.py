@@ -35,6 +35,7 @@ from .evaluation import (
     format_mcq_prompt,
     load_mcq,
     run_evaluation,
+    summarise,
     write_report,
 )
 from .mixing import MixingState, chord_weight, compute_rd_weight, prg_weight, update_ema
@@ -106,6 +107,7 @@ __all__ = [
     "SelfCertaintyReward",
     "ShardedEndlessIterator",
     "split_steps",
+    "summarise",
     "STATE_FILE",
     "to_id_lists",
     "token_texts",

@@ -36,6 +36,7 @@ __all__ = [
     "load_mcq",
     "main",
     "run_evaluation",
+    "summarise",
     "write_report",
 ]
 
@@ -242,9 +243,7 @@ def evaluate_mcq(
     finally:
         bar.close()
         gen_model.train(was_training)
-    metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records], n_bins)
-    metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
-    metrics["mean_prg"] = sum(r["prg"] for r in records) / len(records)
+    metrics = summarise(records, n_bins)
     settings = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
@@ -254,6 +253,14 @@ def evaluate_mcq(
         "decoding": "greedy",
     }
     return MCQEvaluation(records=records, metrics=metrics, settings=settings)
+
+
+def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
+    """:func:`calibration_metrics` of evaluation records, plus the share of stated answers and the mean PRG."""
+    metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records], n_bins)
+    metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
+    metrics["mean_prg"] = sum(r["prg"] for r in records) / len(records)
+    return metrics
 
 
 def format_table(metrics: dict[str, Any], title: str = "") -> str:
@@ -362,9 +369,7 @@ class CalibrationEvalCallback(TrainerCallback):
         tagged = gather_object([(i, r) for i, r in zip(indices, result.records)])
         by_index = dict(tagged)
         records = [by_index[i] for i in sorted(by_index)]
-        metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records])
-        metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
-        return metrics
+        return summarise(records, self.eval_kwargs.get("n_bins", 15))
 
 
 @dataclass
