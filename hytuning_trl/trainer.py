@@ -203,7 +203,24 @@ class HyTuningTrainer(GRPOTrainer):
             self.answer_extractor.parse(ids, row.get("options") if row else None)
             for ids, row in zip(completion_ids, rows)
         ]
-        records = score_rollouts(
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the statistics; TRL reads the mode from the model, so it is restored below
+        try:
+            records = self._score_rollouts(prompt_ids, completion_ids, parsed, stats)
+        finally:
+            self.model.train(was_training)
+        for record, p in zip(records, parsed):
+            record.text = p.text
+            record.answer = p.answer
+            if record.answer_logprobs is not None:
+                if p.option_ids is not None and p.answer is None:
+                    record.answer = p.letters[record.answer_index]
+                    record.answer_forced = True
+                record.prg = prg_score(record.answer_logprobs, self.args.prg_aggregation)
+        return records
+
+    def _score_rollouts(self, prompt_ids, completion_ids, parsed, stats: bool) -> list[RolloutStats]:
+        return score_rollouts(
             self.model,
             prompt_ids,
             completion_ids,
@@ -217,15 +234,6 @@ class HyTuningTrainer(GRPOTrainer):
             pad_token_id=self._tokenizer.pad_token_id,
             sync_num_batches=self._sync_num_batches,
         )
-        for record, p in zip(records, parsed):
-            record.text = p.text
-            record.answer = p.answer
-            if record.answer_logprobs is not None:
-                if p.option_ids is not None and p.answer is None:
-                    record.answer = p.letters[record.answer_index]
-                    record.answer_forced = True
-                record.prg = prg_score(record.answer_logprobs, self.args.prg_aggregation)
-        return records
 
     def _reduce_sums(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
