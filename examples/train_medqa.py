@@ -196,7 +196,7 @@ def side_by_side(before_png: str, after_png: str, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 6), constrained_layout=True)
-    for ax, png, name in zip(axes, (before_png, after_png), ("before training", "after HyTuning")):
+    for ax, png, name in zip(axes, (before_png, after_png), ("before training", "after training")):
         ax.imshow(plt.imread(png))
         ax.set_title(name)
         ax.axis("off")
@@ -261,10 +261,10 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             questions,
             script_args,
             os.path.join(training_args.output_dir, "calibration_after"),
-            "after HyTuning",
+            f"after training (mixing={training_args.mixing})",
             peft=model_args.use_peft,
         )
-        print(format_table(summary["after"], "After HyTuning"), flush=True)
+        print(format_table(summary["after"], f"After training (mixing={training_args.mixing})"), flush=True)
     if questions and script_args.eval_before and state.is_main_process:
         side_by_side(
             os.path.join(training_args.output_dir, "calibration_before", "reliability.png"),
