@@ -86,3 +86,21 @@ def make_args(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return HyTuningConfig(**kwargs)
+
+
+TRAINER_KWARGS = ("model", "reward_funcs", "train_dataset", "distill_dataset", "callbacks", "peft_config")
+
+
+@pytest.fixture
+def build_trainer(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
+    """``build_trainer(**overrides)``: a HyTuningTrainer on the shared tiny model and datasets; trainer arguments
+    (model, reward_funcs, datasets, callbacks, peft_config) are taken from the overrides, the rest go to the config."""
+
+    def build(**overrides):
+        from hytuning_trl import HyTuningTrainer
+
+        kwargs = {"model": trained_model, "train_dataset": train_dataset, "distill_dataset": distill_dataset}
+        kwargs.update({k: overrides.pop(k) for k in TRAINER_KWARGS if k in overrides})
+        return HyTuningTrainer(args=make_args(tmp_path, **overrides), processing_class=trained_tokenizer, **kwargs)
+
+    return build

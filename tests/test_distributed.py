@@ -157,22 +157,13 @@ def test_zero3_lora_with_checkpointing_fails_clearly(trained_dir, tmp_path):
     assert proc.returncode != 0 and "gradient_checkpointing=False" in proc.stderr
 
 
-def test_lora_adapter_round_trip(
-    tmp_path, trained_dir, trained_model, trained_tokenizer, train_dataset, distill_dataset
-):
+def test_lora_adapter_round_trip(tmp_path, trained_dir, trained_tokenizer, build_trainer):
     """LoRA without ZeRO-3: the saved adapter loads back onto the base model and gives the same outputs."""
-    from conftest import make_args
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hytuning_trl import HyTuningTrainer
-
-    trainer = HyTuningTrainer(
-        model=trained_model,
-        args=make_args(tmp_path, max_steps=2),
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        processing_class=trained_tokenizer,
+    trainer = build_trainer(
+        max_steps=2,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     trainer.train()

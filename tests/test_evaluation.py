@@ -72,23 +72,12 @@ def test_bad_mcq_data(tmp_path):
     assert rows[0]["answer_idx"] == "C" and rows[0]["options"] == {"A": "x", "B": "y", "C": "z"}
 
 
-def test_calibration_eval_callback_logs(
-    tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset, mcq
-):
-    from conftest import make_args
-
-    from hytuning_trl import CalibrationEvalCallback, HyTuningTrainer
+def test_calibration_eval_callback_logs(build_trainer, mcq):
+    from hytuning_trl import CalibrationEvalCallback
 
     heldout = [{k: e[k] for k in ("question", "options", "answer_idx")} for e in mcq[:4]]
     callback = CalibrationEvalCallback(heldout, eval_steps=1, max_new_tokens=32, batch_size=4)
-    trainer = HyTuningTrainer(
-        model=trained_model,
-        args=make_args(tmp_path, max_steps=2),
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        processing_class=trained_tokenizer,
-        callbacks=[callback],
-    )
+    trainer = build_trainer(max_steps=2, callbacks=[callback])
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all("eval_calibration/ece" in h and "eval_calibration/accuracy" in h for h in logs)

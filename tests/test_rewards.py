@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -15,7 +14,6 @@ from torch import nn
 from hytuning_trl import (
     AnswerConfidenceReward,
     EntropyReward,
-    HyTuningTrainer,
     InternalFeedbackReward,
     MajorityVoteReward,
     PRGGatedConfidenceReward,
@@ -202,15 +200,8 @@ class VerbalisedBrier(InternalFeedbackReward):
         ]
 
 
-def test_user_subclass_trains_and_logs(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
-    trainer = HyTuningTrainer(
-        model=trained_model,
-        reward_funcs=[SelfCertaintyReward(), VerbalisedBrier()],
-        args=make_args(tmp_path, max_steps=2),
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        processing_class=trained_tokenizer,
-    )
+def test_user_subclass_trains_and_logs(build_trainer):
+    trainer = build_trainer(reward_funcs=[SelfCertaintyReward(), VerbalisedBrier()], max_steps=2)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     values = [h["rewards/verbalised_brier/mean"] for h in logs]

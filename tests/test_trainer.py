@@ -102,17 +102,11 @@ def test_conversational_datasets(tmp_path, trained_model, trained_tokenizer, mcq
     assert trained_tokenizer.decode(ex.completion_ids).endswith("<|end|>")
 
 
-def test_untempered_rd_nll(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
+def test_untempered_rd_nll(trained_tokenizer, build_trainer):
     """The RD NLL ignores the sampling temperature (TRL's fused head divides by it)."""
     from hytuning_trl.distill import collate_distill, rd_loss
 
-    trainer = HyTuningTrainer(
-        model=trained_model,
-        args=make_args(tmp_path, temperature=3.0),
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        processing_class=trained_tokenizer,
-    )
+    trainer = build_trainer(temperature=3.0)
     batch = collate_distill(trainer.distill_examples[:2], trained_tokenizer.pad_token_id)
     with torch.no_grad():
         out = rd_loss(trainer.model, batch)
