@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .prg import split_steps
+from .prg import prg_score, split_steps
 
 __all__ = ["AnswerExtractor", "ParsedCompletion", "option_letters"]
 
@@ -45,6 +45,18 @@ class ParsedCompletion:
     option_ids: list[int] | None  # the options' first tokens (options mode)
     letters: list[str] | None
     spans: list[tuple[int, int]] | None  # reasoning steps; None when there is nothing to score
+
+    def fill(self, record: Any, aggregation: str = "monotone") -> Any:
+        """Complete a scored :class:`~hytuning_trl.scoring.RolloutStats` with the text, the answer (the forced choice
+        where none was stated in options mode) and its PRG; returns the record."""
+        record.text = self.text
+        record.answer = self.answer
+        if record.answer_logprobs is not None:
+            if self.option_ids is not None and self.answer is None:
+                record.answer = self.letters[record.answer_index]
+                record.answer_forced = True
+            record.prg = prg_score(record.answer_logprobs, aggregation)
+        return record
 
 
 class AnswerExtractor:

@@ -24,7 +24,6 @@ from transformers import TrainerCallback
 
 from .answers import AnswerExtractor
 from .calibration import calibration_bins, calibration_metrics, reliability_diagram
-from .prg import prg_score
 from .scoring import score_rollouts
 
 __all__ = [
@@ -225,16 +224,17 @@ def evaluate_mcq(
                 sync_num_batches=sync_num_batches,
             )
             for q, p, s in zip(batch_q, parsed, stats):
-                chosen = p.answer if p.answer is not None else p.letters[s.answer_index]
+                p.fill(s)
+                chosen = s.answer
                 records.append(
                     {
                         "question": q["question"],
                         "gold": q["answer_idx"],
                         "chosen": chosen,
-                        "stated": p.answer is not None,
+                        "stated": not s.answer_forced,
                         "correct": chosen == q["answer_idx"],
                         "confidence": float(min(max(math.exp(s.answer_logprobs[-1]), 0.0), 1.0)),
-                        "prg": prg_score(s.answer_logprobs) if s.num_steps else 0.0,
+                        "prg": s.prg,
                         "num_steps": s.num_steps,
                         "completion": p.text,
                     }

@@ -29,7 +29,6 @@ from .distill import (
     tokenize_distill_dataset,
 )
 from .mixing import MixingState
-from .prg import prg_score
 from .rewards import SelfCertaintyReward
 from .scoring import RolloutStats, score_rollouts
 
@@ -206,34 +205,23 @@ class HyTuningTrainer(GRPOTrainer):
         was_training = self.model.training
         self.model.eval()  # no dropout in the statistics; TRL reads the mode from the model, so it is restored below
         try:
-            records = self._score_rollouts(prompt_ids, completion_ids, parsed, stats)
+            records = score_rollouts(
+                self.model,
+                prompt_ids,
+                completion_ids,
+                step_spans=[p.spans for p in parsed],
+                trigger_ids=self._trigger_ids,
+                answer_ids=[p.answer_ids for p in parsed],
+                option_ids=[p.option_ids for p in parsed],
+                compute_stats=stats,
+                method=self.args.scoring_method,
+                token_budget=self.args.scoring_token_budget,
+                pad_token_id=self._tokenizer.pad_token_id,
+                sync_num_batches=self._sync_num_batches,
+            )
         finally:
             self.model.train(was_training)
-        for record, p in zip(records, parsed):
-            record.text = p.text
-            record.answer = p.answer
-            if record.answer_logprobs is not None:
-                if p.option_ids is not None and p.answer is None:
-                    record.answer = p.letters[record.answer_index]
-                    record.answer_forced = True
-                record.prg = prg_score(record.answer_logprobs, self.args.prg_aggregation)
-        return records
-
-    def _score_rollouts(self, prompt_ids, completion_ids, parsed, stats: bool) -> list[RolloutStats]:
-        return score_rollouts(
-            self.model,
-            prompt_ids,
-            completion_ids,
-            step_spans=[p.spans for p in parsed],
-            trigger_ids=self._trigger_ids,
-            answer_ids=[p.answer_ids for p in parsed],
-            option_ids=[p.option_ids for p in parsed],
-            compute_stats=stats,
-            method=self.args.scoring_method,
-            token_budget=self.args.scoring_token_budget,
-            pad_token_id=self._tokenizer.pad_token_id,
-            sync_num_batches=self._sync_num_batches,
-        )
+        return [p.fill(record, self.args.prg_aggregation) for record, p in zip(records, parsed)]
 
     def _reduce_sums(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)

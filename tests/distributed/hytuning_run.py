@@ -23,7 +23,7 @@ from hytuning_trl import (
     PRGReward,
     SelfCertaintyReward,
 )
-from hytuning_trl import trainer as trainer_module
+from hytuning_trl import answers as answers_module
 from hytuning_trl._testing import scripted_examples
 
 
@@ -110,7 +110,7 @@ def main():
 
     if a.inject_nonfinite:
         calls = {"rd": 0}
-        real_prg_score = trainer_module.prg_score
+        real_prg_score = answers_module.prg_score
 
         def prg_score(lp, aggregation="monotone"):  # rank 0: one PRG per round is NaN
             if rank == 0 and not getattr(prg_score, "done", False):
@@ -118,7 +118,7 @@ def main():
                 return float("nan")
             return real_prg_score(lp, aggregation)
 
-        trainer_module.prg_score = prg_score
+        answers_module.prg_score = prg_score
 
         def nan_head(module, inputs, output):  # rank 1: the RD forward of its 2nd micro-step returns NaN logits
             calls["rd"] += 1
