@@ -1,14 +1,26 @@
-"""Reading a completion: where its reasoning ends, what it answered, and what to score.
+"""The answer contract: where a completion's reasoning ends, what it answered, and what to score.
 
-Shared by the trainer (rollouts and RD traces) and the evaluation, so both read answers the same way:
+One reader serves the trainer (rollouts, anchor traces), the rewards and the evaluation, so every figure downstream
+(accuracy, the stated rate, majority vote, the PRG target) reads answers the same way.
 
-* the final-answer statement is the LAST match of ``answer_pattern``; its group 1 is the answer, and the reasoning is
-  every token before the token where the match starts (trailing EOS / padding excluded). The statement itself is
-  never a step, else ``p_K`` would trivially be ~1;
-* multiple choice (``answer_probability="options"``): the options are the row's own (an ``options`` column: a dict
-  keyed by letter, or a list) or ``answer_options``; an answer that is not one of them, or no statement at all, is
-  replaced by the model's forced choice among the options after the trigger;
-* ``raw``: the answer text is scored as its own tokens (encoded with a leading space); no statement, no trajectory.
+* A final-answer *statement* is a match of ``answer_pattern`` (default ``"The answer is"``). Its answer is read in the
+  *segment* that runs from the end of the match (or from the start of group 1, for a pattern with a group) to the
+  end of the statement's sentence (``.``, ``!`` or ``?`` followed by whitespace, or a newline; leading whitespace and
+  ``:`` are skipped first).
+* Options mode: the answer is the single standalone uppercase option letter of the row's options in the segment:
+  bare (``B``), in ``(B)``, ``**B**``, ``B)`` or after ``option``. Never the first character of a word
+  (``cholera`` is not C), never an article (``A vitamin deficiency`` is not A), never a lowercase letter. Two
+  different option letters (``B or C``) mean: not stated.
+* Raw mode: the answer is the segment's text, stripped.
+* The last statement with a valid answer wins (a statement cut off by ``max_completion_length`` falls back to an
+  earlier complete one). The reasoning is every token before that statement (before the last statement when none
+  is valid; the whole completion when there is none); the statement itself is never a step, else ``p_K`` would
+  trivially be ~1.
+* Options mode with no stated answer: the model's *forced* choice (its top option after the trigger) is scored and
+  flagged ``answer_forced`` (:meth:`ParsedCompletion.fill`).
+
+The options of a row are its own (an ``options`` column: a dict keyed by letter, or a list) or ``answer_options``;
+``answer_probability="auto"`` scores rows with options in options mode and the others raw.
 """
 
 from __future__ import annotations
@@ -18,9 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .constants import ANSWER_PROBABILITIES, DEFAULT_ANSWER_PATTERN
 from .prg import prg_score, split_steps
 
-__all__ = ["AnswerExtractor", "ParsedCompletion", "option_letters"]
+__all__ = ["AnswerExtractor", "ParsedCompletion", "option_letters", "read_answer", "whitespace_token_ids"]
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_LETTER = re.compile(r"(?<![A-Za-z0-9_'\u2019-])([A-Z])(?![A-Za-z0-9_'\u2019-])")
+# "A" followed by a lowercase word is an article ("A vitamin deficiency"), unless the word joins options ("A or B").
+_ARTICLE = re.compile(r"\s+(?!(?:or|and|nor|vs|versus)\b)[a-z]")
 
 
 def option_letters(options: Any, default: Sequence[str] | None = None) -> list[str] | None:
@@ -35,6 +53,57 @@ def option_letters(options: Any, default: Sequence[str] | None = None) -> list[s
     return list(default) if default else None
 
 
+def _segment(text: str, match: re.Match) -> str:
+    """The text from the statement's answer position to the end of its sentence."""
+    start = match.start(1) if match.re.groups and match.start(1) >= 0 else match.end()
+    while start < len(text) and (text[start].isspace() or text[start] == ":"):
+        start += 1
+    end = _SENTENCE_END.search(text, start)
+    return text[start : end.start() if end else len(text)]
+
+
+def _letter_in(segment: str, letters: Sequence[str]) -> str | None:
+    found = set()
+    for m in _LETTER.finditer(segment):
+        letter = m.group(1)
+        if letter == "A" and _ARTICLE.match(segment, m.end()):
+            continue
+        if letter in letters:
+            found.add(letter)
+    return found.pop() if len(found) == 1 else None
+
+
+def read_answer(text: str, pattern: str | re.Pattern, letters: Sequence[str] | None) -> tuple[str | None, int | None]:
+    """The stated answer of ``text`` under the contract above, and the character where its statement starts.
+
+    Returns ``(answer, start)``: ``answer`` is an option letter (``letters`` given) or the raw answer text, ``None``
+    when not stated; ``start`` is where the winning statement starts (the last statement when none is valid,
+    ``None`` when there is no statement).
+    """
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+    matches = list(pattern.finditer(text))
+    for match in reversed(matches):
+        segment = _segment(text, match)
+        answer = _letter_in(segment, letters) if letters is not None else (segment.strip() or None)
+        if answer is not None:
+            return answer, match.start()
+    return None, (matches[-1].start() if matches else None)
+
+
+def whitespace_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids of the tokens whose text is whitespace only (cached on the tokenizer). Branches are inserted before
+    such tokens, so that each branch sees the model's own context followed by the trigger."""
+    cached = getattr(tokenizer, "_hytuning_whitespace_ids", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached = frozenset(i for i, t in enumerate(texts) if t and not t.strip())
+        try:
+            tokenizer._hytuning_whitespace_ids = cached
+        except AttributeError:  # pragma: no cover - a tokenizer that refuses attributes
+            pass
+    return cached
+
+
 @dataclass
 class ParsedCompletion:
     """What :meth:`AnswerExtractor.parse` read from one completion."""
@@ -47,10 +116,11 @@ class ParsedCompletion:
     spans: list[tuple[int, int]] | None  # reasoning steps; None when there is nothing to score
 
     def fill(self, record: Any, aggregation: str = "monotone") -> Any:
-        """Complete a scored :class:`~hytuning_trl.scoring.RolloutStats` with the text, the answer (the forced choice
-        where none was stated in options mode) and its PRG; returns the record."""
+        """Complete a scored :class:`~hytuning_trl.scoring.RolloutStats` with the text, the answer (the forced choice,
+        flagged ``answer_forced``, where none was stated in options mode) and its PRG; returns the record."""
         record.text = self.text
         record.answer = self.answer
+        record.answer_forced = False
         if record.answer_logprobs is not None:
             if self.option_ids is not None and self.answer is None:
                 record.answer = self.letters[record.answer_index]
@@ -60,20 +130,30 @@ class ParsedCompletion:
 
 
 class AnswerExtractor:
-    """Parses completions for PRG and confidence, with the settings of a :class:`HyTuningConfig` (or the same
-    names given directly)."""
+    """Reads completions under the answer contract, with the settings of a :class:`HyTuningConfig` (or the same
+    names given directly).
+
+    Example::
+
+        extractor = AnswerExtractor(tokenizer, answer_options=["A", "B", "C", "D"])
+        extractor.parse(tokenizer("...\\nThe answer is **B**.")["input_ids"]).answer  # 'B'
+    """
 
     def __init__(
         self,
         tokenizer: Any,
         *,
-        answer_pattern: str,
+        answer_pattern: str = DEFAULT_ANSWER_PATTERN,
         step_separator: str = "\n\n",
         prg_max_steps: int = 16,
         answer_options: Sequence[str] | None = None,
-        answer_probability: str = "raw",
+        answer_probability: str = "auto",
         special_ids: Sequence[int] = (),
     ):
+        if answer_probability not in ANSWER_PROBABILITIES:
+            raise ValueError(
+                f"Unknown answer_probability={answer_probability!r}; allowed: {', '.join(ANSWER_PROBABILITIES)}."
+            )
         self.tokenizer = tokenizer
         self.pattern = re.compile(answer_pattern)
         self.step_separator = step_separator
@@ -108,6 +188,18 @@ class AnswerExtractor:
             self._option_cache[key] = ids
         return self._option_cache[key]
 
+    def letters_for(self, options: Any = None) -> list[str] | None:
+        """The option letters a row is scored with (``None``: raw mode)."""
+        if self.answer_probability == "raw":
+            return None
+        letters = option_letters(options, self.answer_options)
+        if letters is None and self.answer_probability == "options":
+            raise ValueError(
+                "answer_probability='options' needs option letters: set `answer_options` (e.g. ['A', 'B', 'C', 'D']) "
+                "or give the rows an `options` column."
+            )
+        return letters
+
     def _token_at_char(self, completion_ids: Sequence[int], char_start: int) -> int:
         """The first token whose decoded prefix reaches past ``char_start`` (binary search over prefixes)."""
         lo, hi = 0, len(completion_ids)
@@ -123,18 +215,16 @@ class AnswerExtractor:
         """Read one completion (``options``: the row's ``options`` value, if any)."""
         completion_ids = list(completion_ids)
         text = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
-        matches = list(self.pattern.finditer(text))
-        stated = matches[-1].group(1) if matches else None
-        end = self._token_at_char(completion_ids, matches[-1].start()) if matches else len(completion_ids)
+        letters = self.letters_for(options)
+        stated, start = read_answer(text, self.pattern, letters)
+        end = self._token_at_char(completion_ids, start) if start is not None else len(completion_ids)
         while end > 0 and completion_ids[end - 1] in self.special_ids:
             end -= 1
-        letters = option_letters(options, self.answer_options) if self.answer_probability == "options" else None
         answer = answer_ids = option_ids = None
         if letters is not None:
             option_ids = self.option_ids(letters)
-            letter = stated[0].upper() if stated else None
-            if letter in letters:
-                answer, answer_ids = letter, [option_ids[letters.index(letter)]]
+            if stated is not None:
+                answer, answer_ids = stated, [option_ids[letters.index(stated)]]
         elif stated is not None:
             answer = stated
             answer_ids = self.tokenizer(" " + stated, add_special_tokens=False)["input_ids"]

@@ -307,39 +307,34 @@ def build_packed_row(
     option_ids: Sequence[int] | None,
     with_stats: bool,
 ) -> Row:
-    """One packed row: the main path ``prompt + completion`` with ``branch`` inserted before ``completion[cut_k]``.
+    """One packed row: the main path ``prompt + completion`` with ``branch`` inserted before ``main[cut_k]``.
 
-    ``cuts`` are the completion indices at which the branches start (``None``: no trajectory). In raw mode
-    (``answer`` given) the branch is ``branch + answer`` and each answer token is queried; in options mode the
-    logits of ``option_ids`` are read where the branch ends. ``with_stats`` adds the completion's self-certainty and
-    entropy queries and keeps the tail of the completion after the last branch.
+    ``cuts`` index the main path ``prompt + completion`` (``None``: no trajectory); each is at least 1 and they do
+    not decrease. In raw mode (``answer`` given) the branch is ``branch + answer`` and each answer token is queried;
+    in options mode the logits of ``option_ids`` are read where the branch ends. ``with_stats`` adds the completion's
+    self-certainty and entropy queries and keeps the main path to its end.
     """
     if not prompt:
         raise ValueError("Every sample needs a non-empty prompt: its last token predicts the first completion token.")
+    main = list(prompt) + list(completion)
     ids: list[int] = []
     pos: list[int] = []
     groups: list[int] = []
     main_order: list[int] = []
     row = Row(input_ids=ids, position_ids=pos, groups=groups, option_ids=list(option_ids) if option_ids else None)
 
-    def add_main(tok: int) -> None:
-        pos.append(len(main_order))
-        main_order.append(len(ids))
-        ids.append(tok)
-        groups.append(-1)
+    def add_main(upto: int) -> None:
+        while len(main_order) < upto:
+            pos.append(len(main_order))
+            main_order.append(len(ids))
+            ids.append(main[len(main_order) - 1])
+            groups.append(-1)
 
-    for tok in prompt:
-        add_main(tok)
-    ci = 0
     for k, cut in enumerate(cuts or []):
-        while ci < cut:
-            add_main(completion[ci])
-            ci += 1
+        add_main(cut)
         _add_branch(row, main_order, branch, answer, group=k, base_pos=len(main_order))
+    add_main(len(main) if with_stats else len(prompt))
     if with_stats:
-        while ci < len(completion):
-            add_main(completion[ci])
-            ci += 1
         n_prompt = len(prompt)
         row.stat_positions = [main_order[n_prompt - 1 + t] for t in range(len(completion))]
     return row
@@ -376,13 +371,14 @@ def build_naive_rows(
     option_ids: Sequence[int] | None,
     with_stats: bool,
 ) -> list[Row]:
-    """The reference layout: one plain row per prefix ``prompt + completion[:cut_k] + branch`` (K+1 forwards), plus
+    """The reference layout: one plain row per prefix ``(prompt + completion)[:cut_k] + branch`` (K+1 forwards), plus
     one row ``prompt + completion`` for the statistics when ``with_stats``."""
     if not prompt:
         raise ValueError("Every sample needs a non-empty prompt: its last token predicts the first completion token.")
     rows = []
+    full = list(prompt) + list(completion)
     for cut in cuts or []:
-        main = list(prompt) + list(completion[:cut])
+        main = full[:cut]
         row = Row(input_ids=list(main), option_ids=list(option_ids) if option_ids else None)
         _add_branch(row, list(range(len(main))), branch, answer, group=0, base_pos=len(main))
         rows.append(row)

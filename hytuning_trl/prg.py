@@ -21,18 +21,17 @@ Usable without the trainer, to analyse any model's reasoning::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .constants import PRG_AGGREGATIONS
 from .scoring import score_rollouts
 
 __all__ = ["PRG_AGGREGATIONS", "answer_logprob_trajectory", "prg_score", "split_steps", "token_texts"]
-
-PRG_AGGREGATIONS = ("monotone", "net", "positive", "auc")
 
 
 def token_texts(token_ids: Sequence[int], tokenizer: Any, cache: dict[int, str] | None = None) -> list[str]:
@@ -127,13 +126,16 @@ def prg_score(logprobs: Sequence[float] | torch.Tensor, aggregation: str = "mono
 
     With ``p_k = exp(lp_k)`` and ``g_k = p_k - p_{k-1}``:
 
-    * ``monotone`` (default): ``(p_K - p_0) * (fraction of steps with g_k >= 0)``
+    * ``monotone`` (default): ``(p_K - p_0) * (share of steps whose gain has the sign of p_K - p_0)``, a zero gain
+      counting as consistent: a steady rise scores ``p_K - p_0``, a rise with setbacks less, a steady decline
+      ``p_K - p_0 < 0``.
     * ``net``: ``p_K - p_0``
-    * ``positive``: mean over k of ``max(g_k, 0)``
+    * ``positive``: mean over k of ``max(g_k, 0)``: gain only, never negative by definition.
     * ``auc``: mean over k = 1..K of ``p_k - p_0``
 
-    Every aggregation is 0 when ``K = 0``. An answer already certain before any reasoning scores ~0 ("decide first,
-    explain later"); reasoning that drags support down scores below 0. Non-finite input gives ``nan``.
+    Every aggregation lies in ``[-1, 1]`` (``positive`` in ``[0, 1]``) and is 0 when ``K = 0``. An answer already
+    certain before any reasoning scores ~0 ("decide first, explain later"); under ``monotone``, ``net`` and ``auc``
+    reasoning that drags support down scores below 0. Non-finite input gives ``nan``.
     """
     if aggregation not in PRG_AGGREGATIONS:
         raise ValueError(f"Unknown PRG aggregation {aggregation!r}; choose one of {', '.join(PRG_AGGREGATIONS)}.")
@@ -147,14 +149,16 @@ def prg_score(logprobs: Sequence[float] | torch.Tensor, aggregation: str = "mono
         return 0.0
     gains = p[1:] - p[:-1]
     if aggregation == "monotone":
-        value = (p[-1] - p[0]) * (gains >= 0).double().mean()
+        net = p[-1] - p[0]
+        consistent = (gains * torch.sign(net) >= 0) if net != 0 else torch.ones_like(gains, dtype=torch.bool)
+        value = net * consistent.double().mean()
     elif aggregation == "net":
         value = p[-1] - p[0]
     elif aggregation == "positive":
         value = gains.clamp(min=0).mean()
     else:
         value = (p[1:] - p[0]).mean()
-    return float(value.clamp(-1.0, 1.0))
+    return float(value)
 
 
 def answer_logprob_trajectory(
@@ -170,6 +174,7 @@ def answer_logprob_trajectory(
     vocab_chunk_elems: int = 1 << 22,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
+    whitespace_ids: Collection[int] = (),
 ) -> list[torch.Tensor]:
     """``lp_k = log P(answer | prompt, step_1..step_k, trigger)`` for ``k = 0..K_b``, for every sample ``b``.
 
@@ -184,6 +189,8 @@ def answer_logprob_trajectory(
         trigger_ids: the answer trigger's ids (conditioned on, not scored), shared or per sample.
         answer_ids: per sample, the answer's ids. In options mode ``None`` scores the model's forced choice.
         option_ids: the options' first token ids; when given, each ``lp_k`` is renormalised over the options.
+        whitespace_ids: ids of whitespace-only tokens; each branch is inserted before those that end what precedes
+            it (:func:`hytuning_trl.answers.whitespace_token_ids`).
 
     Returns:
         One float32 tensor of ``K_b + 1`` log-probabilities per sample.
@@ -215,5 +222,6 @@ def answer_logprob_trajectory(
         vocab_chunk_elems=vocab_chunk_elems,
         pad_token_id=pad_token_id,
         sync_num_batches=sync_num_batches,
+        whitespace_ids=whitespace_ids,
     )
     return [torch.tensor(s.answer_logprobs, dtype=torch.float32) for s in stats]

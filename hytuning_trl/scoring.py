@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .mixing import normalised_gain
 from .packing import Row, build_naive_rows, build_packed_row, get_backbone_and_head, run_rows, unwrap_model
 
 __all__ = ["RolloutStats", "score_rollouts", "to_id_lists"]
@@ -45,6 +46,7 @@ class RolloutStats:
         prg: the PRG score (filled in by the trainer with the configured aggregation).
         answer: the extracted (or, for multiple choice, forced) answer text.
         answer_forced: ``True`` when the answer was not stated and the model's forced choice was scored.
+        answer_num_tokens: the number of answer tokens scored (1 in multiple-choice mode).
         completion_ids: the completion's token ids.
         text: the completion's text.
     """
@@ -58,6 +60,7 @@ class RolloutStats:
     prg: float | None = None
     answer: str | None = None
     answer_forced: bool = False
+    answer_num_tokens: int = 1
     completion_ids: list[int] = field(default_factory=list)
     text: str = ""
 
@@ -67,6 +70,16 @@ class RolloutStats:
         if not self.answer_logprobs:
             return None
         return math.exp(self.answer_logprobs[-1])
+
+    @property
+    def gain(self) -> float | None:
+        """``G``, the normalised gain of the answer along the reasoning (:func:`hytuning_trl.mixing.normalised_gain`),
+        with ``p_k = exp(lp_k / answer_num_tokens)`` (the per-token probability in raw mode); ``None`` without a
+        trajectory."""
+        if not self.answer_logprobs:
+            return None
+        p0, pk = (math.exp(self.answer_logprobs[i] / self.answer_num_tokens) for i in (0, -1))
+        return normalised_gain(p0, pk)
 
 
 def to_id_lists(ids: Any, mask: Any = None, pad_token_id: int | None = None) -> list[list[int]]:
@@ -102,8 +115,10 @@ def _layouts(
     triggers: list[Any],
     answers: list[Any],
     options: list[Any],
+    whitespace: Collection[int],
 ) -> list[tuple[list[int] | None, list[int], list[int] | None, list[int] | None]]:
-    """For each sample: the branch cut points (or None), the branch tokens, the raw answer, the option ids."""
+    """For each sample: the branch points on the main path ``prompt + completion`` (or None), the branch tokens, the
+    raw answer, the option ids."""
     out = []
     for i, completion in enumerate(completions):
         span = spans[i]
@@ -117,12 +132,25 @@ def _layouts(
         cuts = [span[0][0]] + [end for _, end in span] if span else [0]
         if any(not 0 <= c <= len(completion) for c in cuts):
             raise ValueError(f"Sample {i}: step spans {span} fall outside its completion of {len(completion)} tokens.")
+        cuts = _branch_points(prompts[i] + completion, [len(prompts[i]) + c for c in cuts], whitespace)
         if opt is not None:
             out.append((cuts, trigger, None, opt))
         else:
             if not answer:
                 raise ValueError(f"Sample {i}: `answer_ids` is empty; an answer needs at least one token.")
             out.append((cuts, trigger, answer, None))
+    return out
+
+
+def _branch_points(main: list[int], cuts: list[int], whitespace: Collection[int]) -> list[int]:
+    """Move each cut back before the whitespace-only tokens that end what precedes it, so that branch k sees the
+    model's own context followed directly by the trigger (no doubled newline). Cuts stay >= 1 and non-decreasing."""
+    out: list[int] = []
+    for cut in cuts:
+        floor = out[-1] if out else 1
+        while cut > floor and main[cut - 1] in whitespace:
+            cut -= 1
+        out.append(max(cut, floor))
     return out
 
 
@@ -152,7 +180,7 @@ def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bo
     weight = get_backbone_and_head(model)[1].weight
     vocab = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 partitions leave the local tensor empty
     prompt, completion, branch, answer = ([t % vocab for t in ids] for ids in ([1, 2, 3], [4, 5, 6, 7], [8], [9]))
-    cuts = [0, 2, 4]
+    cuts = [3, 5, 7]  # on the main path prompt + completion
     ok = True
     try:
         packed = run([build_packed_row(prompt, completion, cuts, branch, answer, None, True)])[0]
@@ -194,6 +222,7 @@ def score_rollouts(
     vocab_chunk_elems: int = 1 << 22,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
+    whitespace_ids: Collection[int] = (),
 ) -> list[RolloutStats]:
     """Score rollouts in one no-grad pass: token statistics and, where steps and an answer are given, the trajectory.
 
@@ -215,6 +244,9 @@ def score_rollouts(
         vocab_chunk_elems: fp32 logits held at once by the vocabulary projection.
         pad_token_id: padding id for the batched forwards.
         sync_num_batches: maps the local number of forwards to the global one (ZeRO-3 needs equal counts).
+        whitespace_ids: ids of whitespace-only tokens (:func:`hytuning_trl.answers.whitespace_token_ids`): each branch
+            is inserted before those that end what precedes it (the prompt's, for branch 0), so it sees the model's
+            own context followed by the trigger.
 
     Returns:
         One :class:`RolloutStats` per sample with ``self_certainty``, ``entropy``, ``answer_logprobs`` (``None``
@@ -250,7 +282,7 @@ def score_rollouts(
         )
 
     packed = method == "packed" or (method == "auto" and _packed_mask_works(model, run))
-    layouts = _layouts(prompts, completions, spans, triggers, answers, options)
+    layouts = _layouts(prompts, completions, spans, triggers, answers, options, frozenset(whitespace_ids))
     rows, owner = _rows(layouts, prompts, completions, compute_stats, packed)
     results = run(rows)
 
@@ -275,5 +307,6 @@ def score_rollouts(
             else:
                 lp = torch.cat([r.answer_logprobs for r in traj_res]).view(len(cuts), len(answer))
                 stats.answer_logprobs = lp.double().sum(dim=-1).tolist()
+                stats.answer_num_tokens = len(answer)
         out.append(stats)
     return out

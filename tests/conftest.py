@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -65,30 +66,39 @@ def distill_dataset():
     )
 
 
+BASE_ARGS = dict(
+    use_cpu=True,
+    bf16=False,
+    per_device_train_batch_size=4,
+    num_generations=4,
+    max_completion_length=96,
+    max_steps=3,
+    logging_steps=1,
+    learning_rate=5e-3,
+    report_to=[],
+    save_strategy="no",
+    answer_options=["A", "B", "C", "D"],
+    seed=0,
+    disable_tqdm=True,
+)
+
+
 def make_args(tmp_path, **overrides):
     from hytuning_trl import HyTuningConfig
 
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=96,
-        max_steps=3,
-        logging_steps=1,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        answer_options=["A", "B", "C", "D"],
-        seed=0,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return HyTuningConfig(**kwargs)
+    return HyTuningConfig(**{"output_dir": str(tmp_path / "out"), **BASE_ARGS, **overrides})
 
 
-TRAINER_KWARGS = ("model", "reward_funcs", "train_dataset", "distill_dataset", "callbacks", "peft_config")
+TRAINER_KWARGS = (
+    "model",
+    "reward_funcs",
+    "train_dataset",
+    "distill_dataset",
+    "anchor_dataset",
+    "callbacks",
+    "peft_config",
+    "rollout_func",
+)
 
 
 @pytest.fixture
@@ -104,3 +114,27 @@ def build_trainer(tmp_path, trained_model, trained_tokenizer, train_dataset, dis
         return HyTuningTrainer(args=make_args(tmp_path, **overrides), processing_class=trained_tokenizer, **kwargs)
 
     return build
+
+
+WS = frozenset({5, 6})  # token ids the tests treat as whitespace-only
+
+
+@torch.no_grad()
+def reference_trajectory(model, prompt, steps, trigger, answer=None, options=None, index=None, ws=WS):
+    """lp_k from one plain ``model(input_ids)`` forward per k over [x, s_1..s_k, t, a], assembled here: the context
+    loses the whitespace-only tokens that end it (not below the previous branch point, and keeping one token)."""
+    out, floor = [], 1
+    for k in range(len(steps) + 1):
+        context = list(prompt) + [t for step in steps[:k] for t in step]
+        while len(context) > floor and context[-1] in ws:
+            context.pop()
+        floor = len(context)
+        seq = context + list(trigger) + list(answer or [])
+        logp = model(torch.tensor([seq])).logits[0].double().log_softmax(-1)
+        query = len(context) + len(trigger) - 1
+        if options is not None:
+            logits = model(torch.tensor([seq])).logits[0, query, options].double()
+            out.append(logits.log_softmax(-1)[index].item())
+        else:
+            out.append(sum(logp[query + j, a].item() for j, a in enumerate(answer)))
+    return out

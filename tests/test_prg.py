@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import WS, reference_trajectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,30 @@ def test_prg_score_hand_values(aggregation, expected):
     assert prg_score(lp, aggregation) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    "probs,aggregation,expected",
+    [
+        # steady decline 0.9 -> 0.6 -> 0.3 -> 0.1: every gain has the sign of p_K - p_0 = -0.8
+        ((0.9, 0.6, 0.3, 0.1), "monotone", -0.8),
+        ((0.9, 0.6, 0.3, 0.1), "net", -0.8),
+        ((0.9, 0.6, 0.3, 0.1), "auc", ((0.6 - 0.9) + (0.3 - 0.9) + (0.1 - 0.9)) / 3),
+        ((0.9, 0.6, 0.3, 0.1), "positive", 0.0),  # gain only, by definition
+        # one-step decline 0.7 -> 0.2
+        ((0.7, 0.2), "monotone", -0.5),
+        ((0.7, 0.2), "auc", -0.5),
+        # steady rise 0.1 -> 0.4 -> 0.8
+        ((0.1, 0.4, 0.8), "monotone", 0.7),
+        # a decline with one setback: net -0.5, gains -0.4, +0.2, -0.3 -> 2 of 3 consistent
+        ((0.8, 0.4, 0.6, 0.3), "monotone", -0.5 * 2 / 3),
+        # a zero gain counts as consistent
+        ((0.2, 0.2, 0.6), "monotone", 0.4),
+    ],
+)
+def test_prg_sign(probs, aggregation, expected):
+    """Bug it catches: `monotone` scoring a decline as 0 (share of non-negative gains), never below zero."""
+    assert prg_score([math.log(p) for p in probs], aggregation) == pytest.approx(expected, abs=1e-12)
+
+
 def test_prg_score_edge_cases():
     assert prg_score([math.log(0.7)]) == 0.0  # K = 0
     assert prg_score([0.0, 0.0, 0.0]) == 0.0  # certain before reasoning: decide first, explain later
@@ -44,12 +69,15 @@ def test_prg_score_edge_cases():
         prg_score([])
 
 
-@given(
-    st.lists(st.floats(min_value=-30, max_value=0), min_size=1, max_size=20),
-    st.sampled_from(["monotone", "net", "positive", "auc"]),
-)
-def test_prg_score_in_range(lps, aggregation):
-    assert -1.0 <= prg_score(lps, aggregation) <= 1.0
+@given(st.lists(st.floats(min_value=-30, max_value=0), min_size=2, max_size=20))
+def test_monotone_is_a_shrunk_net_gain(lps):
+    """`monotone` = net gain times a share in [0, 1]: never larger in size, never of the other sign. Bug it catches:
+    a share computed against a fixed sign (>= 0), which shrinks a steady decline to 0."""
+    monotone, net = prg_score(lps, "monotone"), prg_score(lps, "net")
+    assert abs(monotone) <= abs(net) + 1e-12 and monotone * net >= 0
+    p = [math.exp(x) for x in lps]
+    if all(b <= a for a, b in zip(p, p[1:])) or all(b >= a for a, b in zip(p, p[1:])):
+        assert monotone == pytest.approx(net, abs=1e-12)  # a monotone trajectory keeps its whole net gain
 
 
 # ---------------------------------------------------------------- split_steps
@@ -76,20 +104,27 @@ def test_split_steps_fallback_and_limits(tokenizer):
         split_steps(ids, tokenizer, reasoning_end=len(ids) + 1)
 
 
-# ---------------------------------------------------------------- packed == naive
+# ---------------------------------------------------------------- against a plain forward built by hand
 sample = st.fixed_dictionaries(
     {
         "prompt": st.lists(st.integers(5, 390), min_size=1, max_size=12),
         "steps": st.lists(st.lists(st.integers(5, 390), min_size=1, max_size=9), min_size=0, max_size=6),
-        "answer": st.lists(st.integers(5, 390), min_size=1, max_size=3),
+        "answer": st.lists(st.integers(7, 390), min_size=1, max_size=3),
         "tail": st.lists(st.integers(5, 390), min_size=0, max_size=5),
     }
 )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(sample, min_size=1, max_size=5), st.sampled_from(["sdpa", "eager"]), st.sampled_from([64, 100000]))
-def test_packed_equals_naive(model, samples, attn, budget):
+@given(
+    st.lists(sample, min_size=1, max_size=5),
+    st.sampled_from(["sdpa", "eager"]),
+    st.sampled_from([64, 100000]),
+    st.sampled_from(["packed", "naive"]),
+)
+def test_trajectory_matches_plain_forward(model, samples, attn, budget, method):
+    """Both layouts against the hand-built reference (random ids; 5 and 6 count as whitespace, so branch points
+    move). Bug it catches: a mask, position or branch-placement error shared by the packed and naive layouts."""
     model.config._attn_implementation = attn
     trigger = [7, 8]
     prompts = [s["prompt"] for s in samples]
@@ -102,16 +137,100 @@ def test_packed_equals_naive(model, samples, attn, budget):
         completions.append(ids + s["tail"])
         spans.append(sp)
     answers = [s["answer"] for s in samples]
-    kwargs = dict(step_spans=spans, trigger_ids=trigger, answer_ids=answers, token_budget=budget)
-    packed = score_rollouts(model, prompts, completions, method="packed", vocab_chunk_elems=1000, **kwargs)
-    naive = score_rollouts(model, prompts, completions, method="naive", **kwargs)
-    for p, n, s in zip(packed, naive, samples):
-        assert p.num_steps == len(s["steps"]) and len(p.answer_logprobs) == len(s["steps"]) + 1
-        assert torch.allclose(torch.tensor(p.answer_logprobs), torch.tensor(n.answer_logprobs), atol=1e-4)
-        if completions[samples.index(s)]:
-            assert p.self_certainty == pytest.approx(n.self_certainty, abs=1e-4)
-            assert p.entropy == pytest.approx(n.entropy, abs=1e-4)
+    out = score_rollouts(
+        model,
+        prompts,
+        completions,
+        step_spans=spans,
+        trigger_ids=trigger,
+        answer_ids=answers,
+        token_budget=budget,
+        method=method,
+        vocab_chunk_elems=1000,
+        whitespace_ids=WS,
+    )
+    for got, s in zip(out, samples):
+        ref = reference_trajectory(model, s["prompt"], s["steps"], trigger, s["answer"])
+        assert got.num_steps == len(s["steps"])
+        assert got.answer_logprobs == pytest.approx(ref, abs=1e-4)
     model.config._attn_implementation = "sdpa"
+
+
+@pytest.mark.parametrize("mode", ["options", "raw"])
+def test_padded_batches_match_plain_forward(model, tokenizer, mode):
+    """TRL hands the scoring pass left-padded prompts and right-padded completions: every k against the reference,
+    on real text whose steps end in blank lines (so every branch moves before them)."""
+    from hytuning_trl.answers import whitespace_token_ids
+
+    ws = whitespace_token_ids(tokenizer)
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [enc("Question: which organ?\nThink step by step.\n"), enc("Question 2: fever?\n")]
+    step_texts = [["first we look.\n\n", "then we test.\n\n", "so the heart is likely."], ["the lung is fine.\n\n"]]
+    steps = [[enc(t) for t in texts] for texts in step_texts]
+    tails = [enc("\nThe answer is B."), enc("\nThe answer is A.")]
+    trigger = enc("\nThe answer is")
+    options = [enc(" " + letter)[0] for letter in "ABCD"]
+    completions = [[t for st_ in ss for t in st_] + tail for ss, tail in zip(steps, tails)]
+    spans = []
+    for ss in steps:
+        sp, at = [], 0
+        for step in ss:
+            sp.append((at, at + len(step)))
+            at += len(step)
+        spans.append(sp)
+    width_p, width_c = max(map(len, prompts)), max(map(len, completions))
+    left = torch.tensor([[0] * (width_p - len(p)) + p for p in prompts])
+    left_mask = torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prompts])
+    right = torch.tensor([c + [0] * (width_c - len(c)) for c in completions])
+    right_mask = torch.tensor([[1] * len(c) + [0] * (width_c - len(c)) for c in completions])
+    answers = [[options[1]], [options[0]]] if mode == "options" else [enc(" B"), enc(" A")]
+    out = score_rollouts(
+        model,
+        left,
+        right,
+        prompt_mask=left_mask,
+        completion_mask=right_mask,
+        step_spans=spans,
+        trigger_ids=trigger,
+        answer_ids=answers,
+        option_ids=options if mode == "options" else None,
+        whitespace_ids=ws,
+    )
+    for got, p, ss, a, idx in zip(out, prompts, steps, answers, (1, 0)):
+        if mode == "options":
+            ref = reference_trajectory(model, p, ss, trigger, options=options, index=idx, ws=ws)
+        else:
+            ref = reference_trajectory(model, p, ss, trigger, answer=a, ws=ws)
+        assert got.answer_logprobs == pytest.approx(ref, abs=1e-4)
+
+
+def test_branches_see_context_then_trigger(tokenizer):
+    """Every branch k = 0..K is inserted before the whitespace-only tokens that end what precedes it: the tokens a
+    branch attends to decode to the context followed directly by the trigger (no doubled newline)."""
+    from hytuning_trl.answers import AnswerExtractor, whitespace_token_ids
+    from hytuning_trl.packing import build_packed_row
+    from hytuning_trl.scoring import _branch_points
+
+    ws = whitespace_token_ids(tokenizer)
+    prompt = tokenizer("<|user|>Question: which organ?<|end|><|assistant|>\n")["input_ids"]
+    text = "first we look.\n\nthen we test.\n\nso the heart is likely.\nThe answer is B."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    parsed = AnswerExtractor(tokenizer, answer_options=["A", "B", "C", "D"]).parse(ids)
+    trigger = tokenizer("\nThe answer is", add_special_tokens=False)["input_ids"]
+    cuts = [len(prompt) + c for c in [parsed.spans[0][0]] + [e for _, e in parsed.spans]]
+    row = build_packed_row(prompt, ids, _branch_points(prompt + ids, cuts, ws), trigger, None, [1], False)
+    seen = []
+    for k in range(len(parsed.spans) + 1):
+        start = row.groups.index(k)
+        visible = [t for t, g in zip(row.input_ids[:start], row.groups[:start]) if g == -1]
+        seen.append(tokenizer.decode(visible + [t for t, g in zip(row.input_ids, row.groups) if g == k]))
+    head = "<|user|>Question: which organ?<|end|><|assistant|>"
+    assert seen == [
+        head + "\nThe answer is",
+        head + "\nfirst we look.\nThe answer is",
+        head + "\nfirst we look.\n\nthen we test.\nThe answer is",
+        head + "\nfirst we look.\n\nthen we test.\n\nso the heart is likely.\nThe answer is",
+    ]
 
 
 def test_options_mode_and_forced_choice(model):
