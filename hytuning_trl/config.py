@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .prg import PRG_AGGREGATIONS
+from .constants import (
+    ANSWER_PROBABILITIES,
+    DEFAULT_ANSWER_PATTERN,
+    DEFAULT_ANSWER_TRIGGER,
+    MIXING_RULES,
+    PRG_AGGREGATIONS,
+    SCORING_METHODS,
+)
 
 __all__ = ["ANSWER_PROBABILITIES", "HyTuningConfig", "MIXING_RULES"]
-
-MIXING_RULES = ("prg", "constant", "chord", "rl_only", "rd_only")
-ANSWER_PROBABILITIES = ("options", "raw")
-_SCORING_METHODS = ("auto", "packed", "naive")
 
 
 @dataclass
@@ -21,62 +24,185 @@ class HyTuningConfig(GRPOConfig):
     r"""
     Configuration class for the [`HyTuningTrainer`].
 
-    HyTuning (arXiv 2604.08454) trains with `loss = (1 - lam) * L_GRPO + lam * L_RD`: GRPO on the policy's own
-    internal-feedback rewards (RLIF) over unlabeled prompts, plus reasoning distillation (RD, NLL on a few supervised
-    traces). `lam` is set by the `mixing` rule; the default `"prg"` compares the Progressive Reasoning Gain of the
-    policy's rollouts with that of the RD traces. The paper publishes no formulas: every choice below is this
-    package's instantiation, kept configurable. All fields of [`~trl.GRPOConfig`] apply too; `temperature` is
-    GRPO's sampling temperature, and the scoring pass and the RD loss always use untempered logits.
+    HyTuning (arXiv 2604.08454) trains with `loss = (1 - rd_weight) * L_GRPO + rd_weight * L_RD`: GRPO on the
+    policy's own internal-feedback rewards (RLIF) over unlabeled prompts, plus reasoning distillation (RD, NLL on a
+    few supervised traces). `rd_weight` is set by the `mixing` rule; the default `"prg"` reads the normalised gain
+    of the gold answer along held-out expert traces (the anchor). The paper publishes no formulas: every choice
+    below is this package's instantiation, kept configurable. All fields of [`~trl.GRPOConfig`] apply too;
+    `temperature` is GRPO's sampling temperature, and the scoring pass and the RD loss always use untempered logits.
+
+    Parameters:
+        > Mixing rule
+
+        mixing (`str`, *optional*, defaults to `'prg'`):
+            How the RD weight is set: 'prg' (HyTuning, mixing v2: from the normalised gain G of the gold answer
+            along the held-out anchor traces, rd_weight = min + (max - min) * (1 - clip(EMA(G), 0, 1))), 'prg_gap'
+            (the turn-1 rule: policy PRG against anchor PRG), 'constant' (`rd_weight`), 'chord' (CHORD-mu warm-up
+            then cosine decay), 'rl_only' (0, no distill dataset needed) or 'rd_only' (1).
+        rd_weight (`float`, *optional*, defaults to `0.5`):
+            The RD weight throughout under mixing='constant'; under 'prg' and 'prg_gap' its initial value, kept
+            until the rule's averages have a value.
+        rd_weight_min (`float`, *optional*, defaults to `0.05`):
+            Smallest RD weight of mixing='prg' / 'prg_gap': reached when the model follows the expert reasoning to
+            the gold answer (G_hat >= 1).
+        rd_weight_max (`float`, *optional*, defaults to `0.9`):
+            Largest RD weight of mixing='prg' / 'prg_gap': reached when the expert steps do not raise the gold
+            answer's probability (G_hat <= 0).
+        anchor_holdout (`int`, *optional*, defaults to `16`):
+            Without an `anchor_dataset`, min(anchor_holdout, n // 4) traces are split off the distill dataset with
+            the seed as the held-out anchor (every rule but 'rl_only'), never trained on.
+        anchor_ema_decay (`float`, *optional*, defaults to `0.5`):
+            Decay of the EMA of the anchor gain G under mixing='prg', once per anchor round (the anchor set is
+            fixed, so little smoothing is needed).
+        prg_tau (`float`, *optional*, defaults to `0.1`):
+            Temperature of the 'prg_gap' rule: rd_weight = min + (max - min) * tanh(max(anchor - policy, 0) /
+            prg_tau).
+        prg_ema_decay (`float`, *optional*, defaults to `0.9`):
+            Decay of the 'prg_gap' moving averages: ema = decay * ema + (1 - decay) * x, once per round.
+        prg_every (`int`, *optional*, defaults to `1`):
+            Score the anchor traces every this many generation rounds (an anchor round). The policy's PRG is
+            computed on every rollout.
+        prg_gate (`bool`, *optional*, defaults to `False`):
+            Per-sample gating: in training, a positive advantage of a rollout whose own PRG is <= 0, missing or non-
+            finite, or whose answer is forced, is multiplied by `prg_gate_floor` (TRL's group baseline is computed
+            before gating).
+        prg_gate_floor (`float`, *optional*, defaults to `0.0`):
+            The factor applied to the gated positive advantages of `prg_gate`.
+
+        > PRG and the answer contract
+
+        prg_aggregation (`str`, *optional*, defaults to `'monotone'`):
+            How a trajectory p_0..p_K becomes one PRG value: 'monotone' ((p_K - p_0) * share of steps whose gain has
+            the sign of p_K - p_0), 'net' (p_K - p_0), 'positive' (mean positive gain, never negative) or 'auc'
+            (mean of p_k - p_0).
+        prg_max_steps (`int`, *optional*, defaults to `16`):
+            Most reasoning steps per completion; more are merged evenly into this many.
+        step_separator (`str`, *optional*, defaults to `'\n\n'`):
+            A step ends after each token whose text contains this separator. With the default blank line, a
+            reasoning without one is cut at single newlines instead.
+        answer_trigger (`str`, *optional*, defaults to `'\nThe answer is'`):
+            Text placed after the reasoning to ask for the answer when scoring (conditioned on, not scored).
+        answer_pattern (`str`, *optional*, defaults to `'[Tt]he (?:final |correct |best )?answer is'`):
+            Regular expression of the final-answer statement. The answer is read from the end of the match (or the
+            start of group 1) to the end of its sentence: one standalone option letter in options mode, the text in
+            raw mode; the last statement with a valid answer wins, and the reasoning ends where it starts.
+        answer_options (`list[str] | None`, *optional*, defaults to `None`):
+            Multiple-choice option letters, e.g. A B C D (or 'A,B,C,D'). Rows with an `options` column use their own
+            letters. With options, a completion that states no option is scored on the model's forced choice,
+            flagged `answer_forced`.
+        answer_probability (`str | None`, *optional*, defaults to `None`):
+            'options': p_k renormalised over the options' first tokens; 'raw': the answer's own probability; 'auto':
+            options mode for rows with an `options` column, raw for the others. Default: 'options' when
+            `answer_options` is set, else 'auto'.
+
+        > RD head
+
+        distill_per_device_batch_size (`int`, *optional*, defaults to `2`):
+            RD traces per process per micro-step (and per anchor-PRG pass).
+        distill_max_length (`int`, *optional*, defaults to `1024`):
+            Most tokens of prompt + completion of an RD trace; longer ones lose the end of the completion.
+        chord_phi (`bool`, *optional*, defaults to `False`):
+            Weight each RD token by phi(p) = p (1 - p), p detached (CHORD-phi, arXiv 2508.11408).
+        chord_mu_peak (`float`, *optional*, defaults to `0.9`):
+            Peak RD weight of mixing='chord'.
+        chord_mu_valley (`float`, *optional*, defaults to `0.05`):
+            Final RD weight of mixing='chord'.
+        chord_mu_warmup_ratio (`float`, *optional*, defaults to `0.1`):
+            Fraction of the training steps of mixing='chord' spent warming up to the peak.
+
+        > Scoring pass
+
+        scoring_method (`str`, *optional*, defaults to `'auto'`):
+            'packed' (one forward per batch, 4D mask), 'naive' (K+1 forwards, reference) or 'auto' (packed where the
+            model takes a 4D mask, checked once).
+        scoring_token_budget (`int`, *optional*, defaults to `16384`):
+            Padded tokens per forward of the scoring pass (bounds its memory).
     """
 
     # Mixing rule
     mixing: str = field(
         default="prg",
         metadata={
-            "help": "How the RD weight `lam` is set: 'prg' (HyTuning: from the PRG gap between the RD traces and the "
-            "policy), 'constant' (`rd_weight`), 'chord' (CHORD-mu warm-up then cosine decay), 'rl_only' (lam = 0, "
-            "no distill dataset needed) or 'rd_only' (lam = 1).",
+            "help": "How the RD weight is set: 'prg' (HyTuning, mixing v2: from the normalised gain G of the gold "
+            "answer along the held-out anchor traces, rd_weight = min + (max - min) * (1 - clip(EMA(G), 0, 1))), "
+            "'prg_gap' (the turn-1 rule: policy PRG against anchor PRG), 'constant' (`rd_weight`), 'chord' "
+            "(CHORD-mu warm-up then cosine decay), 'rl_only' (0, no distill dataset needed) or 'rd_only' (1).",
             "choices": list(MIXING_RULES),
         },
     )
     rd_weight: float = field(
         default=0.5,
         metadata={
-            "help": "The RD weight for mixing='constant', and the starting value of lam for mixing='prg' until both "
-            "PRG averages have a value."
+            "help": "The RD weight throughout under mixing='constant'; under 'prg' and 'prg_gap' its initial value, "
+            "kept until the rule's averages have a value."
         },
     )
     rd_weight_min: float = field(
         default=0.05,
-        metadata={"help": "Smallest RD weight of mixing='prg': used when the policy is as progressive as the traces."},
+        metadata={
+            "help": "Smallest RD weight of mixing='prg' / 'prg_gap': reached when the model follows the expert "
+            "reasoning to the gold answer (G_hat >= 1)."
+        },
     )
     rd_weight_max: float = field(
         default=0.9,
-        metadata={"help": "Largest RD weight of mixing='prg', approached as the policy falls behind the traces."},
+        metadata={
+            "help": "Largest RD weight of mixing='prg' / 'prg_gap': reached when the expert steps do not raise the "
+            "gold answer's probability (G_hat <= 0)."
+        },
     )
     prg_tau: float = field(
         default=0.1,
         metadata={
-            "help": "Temperature of the 'prg' rule: lam = min + (max - min) * tanh(max(anchor - policy, 0) / prg_tau)."
+            "help": "Temperature of the 'prg_gap' rule: rd_weight = min + (max - min) * "
+            "tanh(max(anchor - policy, 0) / prg_tau)."
         },
     )
     prg_ema_decay: float = field(
         default=0.9,
-        metadata={"help": "Decay of the PRG moving averages: ema = decay * ema + (1 - decay) * x, once per round."},
+        metadata={
+            "help": "Decay of the 'prg_gap' moving averages: ema = decay * ema + (1 - decay) * x, once per round."
+        },
+    )
+    anchor_ema_decay: float = field(
+        default=0.5,
+        metadata={
+            "help": "Decay of the EMA of the anchor gain G under mixing='prg', once per anchor round (the anchor set "
+            "is fixed, so little smoothing is needed)."
+        },
+    )
+    anchor_holdout: int = field(
+        default=16,
+        metadata={
+            "help": "Without an `anchor_dataset`, min(anchor_holdout, n // 4) traces are split off the distill "
+            "dataset with the seed as the held-out anchor (every rule but 'rl_only'), never trained on."
+        },
+    )
+    prg_gate: bool = field(
+        default=False,
+        metadata={
+            "help": "Per-sample gating: in training, a positive advantage of a rollout whose own PRG is <= 0, missing "
+            "or non-finite, or whose answer is forced, is multiplied by `prg_gate_floor` (TRL's group baseline is "
+            "computed before gating)."
+        },
+    )
+    prg_gate_floor: float = field(
+        default=0.0, metadata={"help": "The factor applied to the gated positive advantages of `prg_gate`."}
     )
     prg_every: int = field(
         default=1,
         metadata={
-            "help": "Compute the anchor PRG (on a sample of RD traces) every this many generation rounds. The "
-            "policy's PRG is computed on every rollout."
+            "help": "Score the anchor traces every this many generation rounds (an anchor round). The policy's PRG is "
+            "computed on every rollout."
         },
     )
     # PRG
     prg_aggregation: str = field(
         default="monotone",
         metadata={
-            "help": "How a trajectory p_0..p_K becomes one PRG value: 'monotone' ((p_K - p_0) * fraction of "
-            "non-negative gains), 'net' (p_K - p_0), 'positive' (mean positive gain) or 'auc' (mean of p_k - p_0).",
+            "help": "How a trajectory p_0..p_K becomes one PRG value: 'monotone' ((p_K - p_0) * share of steps whose "
+            "gain has the sign of p_K - p_0), 'net' (p_K - p_0), 'positive' (mean positive gain, never negative) or "
+            "'auc' (mean of p_k - p_0).",
             "choices": list(PRG_AGGREGATIONS),
         },
     )
@@ -91,30 +217,33 @@ class HyTuningConfig(GRPOConfig):
         },
     )
     answer_trigger: str = field(
-        default="\nThe answer is",
+        default=DEFAULT_ANSWER_TRIGGER,
         metadata={
             "help": "Text placed after the reasoning to ask for the answer when scoring (conditioned on, not scored)."
         },
     )
     answer_pattern: str = field(
-        default=r"[Tt]he (?:final )?answer is[:\s]*\(?\s*([A-Za-z0-9][A-Za-z0-9_\-]*)",
+        default=DEFAULT_ANSWER_PATTERN,
         metadata={
-            "help": "Regular expression whose last match is the final-answer statement; group 1 is the answer. The "
-            "reasoning is everything before the match."
+            "help": "Regular expression of the final-answer statement. The answer is read from the end of the match "
+            "(or the start of group 1) to the end of its sentence: one standalone option letter in options mode, the "
+            "text in raw mode; the last statement with a valid answer wins, and the reasoning ends where it starts."
         },
     )
     answer_options: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Multiple-choice option letters, e.g. A B C D. Rows with an `options` column use their own "
-            "letters. With options, an answer that cannot be extracted is replaced by the model's forced choice."
+            "help": "Multiple-choice option letters, e.g. A B C D (or 'A,B,C,D'). Rows with an `options` column use "
+            "their own letters. With options, a completion that states no option is scored on the model's forced "
+            "choice, flagged `answer_forced`."
         },
     )
     answer_probability: str | None = field(
         default=None,
         metadata={
-            "help": "'options': p_k renormalised over the options' first tokens; 'raw': the answer's own probability. "
-            "Default: 'options' when `answer_options` is set, else 'raw'.",
+            "help": "'options': p_k renormalised over the options' first tokens; 'raw': the answer's own probability; "
+            "'auto': options mode for rows with an `options` column, raw for the others. Default: 'options' when "
+            "`answer_options` is set, else 'auto'.",
             "choices": [*ANSWER_PROBABILITIES, None],
         },
     )
@@ -144,7 +273,7 @@ class HyTuningConfig(GRPOConfig):
         metadata={
             "help": "'packed' (one forward per batch, 4D mask), 'naive' (K+1 forwards, reference) or 'auto' "
             "(packed where the model takes a 4D mask, checked once).",
-            "choices": list(_SCORING_METHODS),
+            "choices": list(SCORING_METHODS),
         },
     )
     scoring_token_budget: int = field(
@@ -153,19 +282,22 @@ class HyTuningConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.answer_options, str):
-            self.answer_options = [o.strip() for o in self.answer_options.replace(",", " ").split() if o.strip()]
+        if self.answer_options is not None:
+            items = [self.answer_options] if isinstance(self.answer_options, str) else list(self.answer_options)
+            self.answer_options = [o for item in items for o in re.split(r"[,\s]+", str(item)) if o]
+            if len(self.answer_options) < 2 or len(set(self.answer_options)) != len(self.answer_options):
+                raise ValueError(
+                    f"`answer_options` must name at least two distinct options, got {self.answer_options}; e.g. "
+                    "answer_options=['A', 'B', 'C', 'D'] or --answer_options A,B,C,D."
+                )
         self._check_choice("mixing", MIXING_RULES)
         self._check_choice("prg_aggregation", PRG_AGGREGATIONS)
-        self._check_choice("scoring_method", _SCORING_METHODS)
+        self._check_choice("scoring_method", SCORING_METHODS)
         if self.answer_probability is None:
-            self.answer_probability = "options" if self.answer_options else "raw"
+            self.answer_probability = "options" if self.answer_options else "auto"
         self._check_choice("answer_probability", ANSWER_PROBABILITIES)
-        if self.answer_probability == "options" and not self.answer_options:
-            raise ValueError(
-                "answer_probability='options' needs `answer_options` (e.g. answer_options=['A', 'B', 'C', 'D'])."
-            )
-        for name in ("rd_weight", "rd_weight_min", "rd_weight_max", "chord_mu_peak", "chord_mu_valley"):
+        bounded = ("rd_weight", "rd_weight_min", "rd_weight_max", "chord_mu_peak", "chord_mu_valley", "prg_gate_floor")
+        for name in bounded:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {value}.")
@@ -182,8 +314,11 @@ class HyTuningConfig(GRPOConfig):
             raise ValueError(f"`chord_mu_warmup_ratio` must lie in [0, 1], got {self.chord_mu_warmup_ratio}.")
         if self.prg_tau <= 0:
             raise ValueError(f"`prg_tau` must be > 0, got {self.prg_tau}.")
-        if not 0.0 <= self.prg_ema_decay < 1.0:
-            raise ValueError(f"`prg_ema_decay` must lie in [0, 1), got {self.prg_ema_decay}.")
+        for name in ("prg_ema_decay", "anchor_ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
+        if self.anchor_holdout < 0:
+            raise ValueError(f"`anchor_holdout` must be >= 0, got {self.anchor_holdout}.")
         for name in (
             "prg_every",
             "prg_max_steps",
@@ -196,11 +331,9 @@ class HyTuningConfig(GRPOConfig):
         if not self.step_separator:
             raise ValueError("`step_separator` must not be empty (the default is a blank line, '\\n\\n').")
         try:
-            pattern = re.compile(self.answer_pattern)
+            re.compile(self.answer_pattern)
         except re.error as exc:
             raise ValueError(f"`answer_pattern` is not a valid regular expression: {exc}") from exc
-        if pattern.groups < 1:
-            raise ValueError("`answer_pattern` must have a capturing group for the answer, e.g. 'answer is ([A-E])'.")
 
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DistillExample", "ShardedEndlessIterator", "collate_distill", "rd_loss", "tokenize_distill_dataset"]
+__all__ = [
+    "DistillExample",
+    "ShardedEndlessIterator",
+    "collate_distill",
+    "rd_loss",
+    "split_anchor",
+    "tokenize_distill_dataset",
+]
 
 
 @dataclass
@@ -29,9 +36,10 @@ class DistillExample:
     completion_ids: list[int]
     completion_text: str
     options: Any = None
+    truncated: bool = False  # the completion lost its end to distill_max_length
 
 
-def check_distill_dataset(dataset: Any, mixing: str) -> None:
+def check_distill_dataset(dataset: Any, mixing: str, name: str = "distill_dataset") -> None:
     """Fail before training, naming the problem and the fix."""
     if mixing == "rl_only":
         return
@@ -41,16 +49,14 @@ def check_distill_dataset(dataset: Any, mixing: str) -> None:
             "mixing='rl_only' to train on internal feedback alone."
         )
     if not hasattr(dataset, "column_names") and not isinstance(dataset, list):
-        raise ValueError(
-            "`distill_dataset` must be a datasets.Dataset (or a list of dicts) with 'prompt' and 'completion'."
-        )
+        raise ValueError(f"`{name}` must be a datasets.Dataset (or a list of dicts) with 'prompt' and 'completion'.")
     columns = dataset.column_names if hasattr(dataset, "column_names") else (list(dataset[0]) if dataset else [])
     if len(dataset) == 0:
-        raise ValueError("`distill_dataset` is empty: the RD head needs at least one trace per process and batch.")
+        raise ValueError(f"`{name}` is empty: it needs at least one trace per process and batch.")
     for column in ("prompt", "completion"):
         if column not in columns:
             raise ValueError(
-                f"`distill_dataset` lacks the {column!r} column (it has {columns}). It must be in TRL's "
+                f"`{name}` lacks the {column!r} column (it has {columns}). It must be in TRL's "
                 "prompt-completion format: rename your columns, e.g. dataset.rename_column('question', 'prompt') and "
                 "dataset.rename_column('solution', 'completion')."
             )
@@ -85,8 +91,9 @@ def tokenize_distill_dataset(
             text = example["completion"]
         if len(prompt_ids) >= max_length:
             prompt_ids = prompt_ids[-(max_length // 2) :]
+        truncated = len(prompt_ids) + len(completion_ids) > max_length
         completion_ids = completion_ids[: max_length - len(prompt_ids)]
-        examples.append(DistillExample(prompt_ids, completion_ids, text, row.get("options")))
+        examples.append(DistillExample(prompt_ids, completion_ids, text, row.get("options"), truncated))
     return examples
 
 
@@ -212,3 +219,15 @@ def rd_loss(model: nn.Module, batch: dict[str, torch.Tensor], chord_phi: bool = 
     raw = (-token_logps.detach())[mask]
     nll_sum = float(raw[torch.isfinite(raw)].sum())
     return RDLossOutput(loss=loss, nll_sum=nll_sum, num_tokens=n_tokens, nonfinite=nonfinite)
+
+
+def split_anchor(num_examples: int, holdout: int, seed: int) -> tuple[list[int], list[int]]:
+    """Split ``min(holdout, num_examples // 4)`` traces off as the held-out anchor, with the seed.
+
+    Returns ``(train_indices, anchor_indices)``, both sorted; the anchor is never trained on.
+    """
+    n_anchor = min(int(holdout), num_examples // 4)
+    perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    anchor = sorted(perm[:n_anchor])
+    held = set(anchor)
+    return [i for i in range(num_examples) if i not in held], anchor

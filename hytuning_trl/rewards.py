@@ -25,13 +25,16 @@ from typing import Any
 from .scoring import RolloutStats
 
 __all__ = [
+    "AgreementBrierReward",
     "AnswerConfidenceReward",
+    "AnswerReward",
     "EntropyReward",
     "InternalFeedbackReward",
     "MajorityVoteReward",
     "PRGGatedConfidenceReward",
     "PRGReward",
     "SelfCertaintyReward",
+    "normalise_answer",
 ]
 
 
@@ -109,7 +112,18 @@ class InternalFeedbackReward:
 
 class SelfCertaintyReward(InternalFeedbackReward):
     """Self-certainty (INTUITOR, arXiv 2505.19590): mean over completion tokens of
-    ``KL(U || p) = logsumexp(z) - mean(z) - log V``, from the live policy's raw logits. Higher = more certain."""
+    ``KL(U || p) = logsumexp(z) - mean(z) - log V``, from the live policy's raw logits. Higher = more certain.
+
+    Args:
+        (none)
+
+    Returns:
+        One float (nats, >= 0) per completion; ``None`` for an empty completion.
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[SelfCertaintyReward()], ...)
+    """
 
     __name__ = "self_certainty"
 
@@ -118,7 +132,15 @@ class SelfCertaintyReward(InternalFeedbackReward):
 
 
 class EntropyReward(InternalFeedbackReward):
-    """Negative mean token entropy (RENT, arXiv 2505.22660): ``-mean_t H(p_t)``."""
+    """Negative mean token entropy (RENT, arXiv 2505.22660): ``-mean_t H(p_t)``.
+
+    Returns:
+        One float (nats, <= 0) per completion; ``None`` for an empty completion.
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[EntropyReward()], ...)
+    """
 
     __name__ = "neg_entropy"
 
@@ -126,67 +148,162 @@ class EntropyReward(InternalFeedbackReward):
         return -stats.entropy
 
 
-class AnswerConfidenceReward(InternalFeedbackReward):
+class AnswerReward(InternalFeedbackReward):
+    """Base of the rewards that read the completion's answer. A forced answer (options mode, none stated: the model's
+    top option after the trigger) gets ``None`` unless the reward is built with ``use_forced=True``: choosing an
+    answer by its final probability flatters every confidence measure.
+
+    Args:
+        use_forced: score forced answers too.
+    """
+
+    def __init__(self, use_forced: bool = False):
+        self.use_forced = use_forced
+
+    def _usable(self, stats: RolloutStats) -> bool:
+        return stats.answer is not None and (self.use_forced or not stats.answer_forced)
+
+
+class AnswerConfidenceReward(AnswerReward):
     """``p_K``: the probability of the final answer after the full reasoning (option-renormalised for multiple
-    choice). ``None`` for a completion without an answer."""
+    choice).
+
+    Args:
+        use_forced: score forced answers too (default: ``None`` for them).
+
+    Returns:
+        One float in ``[0, 1]`` per completion; ``None`` without an answer (or with a forced one).
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[AnswerConfidenceReward()], ...)
+    """
 
     __name__ = "answer_confidence"
 
     def score(self, stats: RolloutStats) -> float | None:
-        return stats.answer_confidence
+        return stats.answer_confidence if self._usable(stats) else None
 
 
-class PRGReward(InternalFeedbackReward):
+class PRGReward(AnswerReward):
     """PRG itself as a dense reward (as PACR, arXiv 2510.22255): reasoning that builds support for its answer.
-    ``None`` for a completion without an answer; 0 for one without reasoning steps."""
+
+    Args:
+        use_forced: score forced answers too (default: ``None`` for them).
+
+    Returns:
+        One float in ``[-1, 1]`` per completion (the configured ``prg_aggregation``); 0 without reasoning steps;
+        ``None`` without an answer (or with a forced one).
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[SelfCertaintyReward(), PRGReward()], ...)
+    """
 
     __name__ = "prg"
 
     def score(self, stats: RolloutStats) -> float | None:
-        return stats.prg
+        return stats.prg if self._usable(stats) else None
 
 
-class PRGGatedConfidenceReward(InternalFeedbackReward):
-    """Confidence only as far as the reasoning built it: ``r = clip(PRG, 0, p_K)``.
+class PRGGatedConfidenceReward(AnswerReward):
+    """Confidence only as far as the reasoning built it: ``r = p_K * clip(G, 0, 1)``.
 
-    With the ``net`` aggregation this is ``max(p_K - p_0, 0)``: the share of the final confidence that the reasoning
-    added. An answer that was already certain before any reasoning, or reasoning that lowered its support, earns 0 -
-    the guard against confident answers that the reasoning does not warrant. ``None`` without an answer.
+    ``G`` is the normalised gain of the stated answer along the reasoning (:attr:`RolloutStats.gain`:
+    ``(p_K - p_0) / (1 - p_0)`` for a rise, ``(p_K - p_0) / p_0`` for a fall). An answer that was as likely before
+    any reasoning as after it (``G = 0``), or whose support the reasoning lowered, earns 0, however confident; the
+    same confidence earns more the larger the share of the possible rise the reasoning achieved. The guard against
+    confident answers that the reasoning does not warrant.
+
+    Args:
+        use_forced: score forced answers too (default: ``None`` for them).
+
+    Returns:
+        One float in ``[0, 1]`` per completion; ``None`` without an answer (or with a forced one).
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[SelfCertaintyReward(), PRGGatedConfidenceReward()], ...)
     """
 
     __name__ = "prg_gated_confidence"
 
     def score(self, stats: RolloutStats) -> float | None:
-        confidence = stats.answer_confidence
-        if confidence is None or stats.prg is None:
+        confidence, gain = stats.answer_confidence, stats.gain
+        if not self._usable(stats) or confidence is None or gain is None:
             return None
-        return min(max(stats.prg, 0.0), confidence)
+        return confidence * min(max(gain, 0.0), 1.0)
 
 
-class MajorityVoteReward(InternalFeedbackReward):
+def normalise_answer(answer: str) -> str:
+    """An answer as compared within a group: stripped, casefolded, trailing punctuation removed."""
+    return answer.strip().casefold().rstrip(".,;:!?").strip()
+
+
+class MajorityVoteReward(AnswerReward):
     """Agreement with the group's majority answer (TTRL, arXiv 2504.16084): 1 if the completion's answer is the most
-    frequent answer of its group, else 0; ``None`` where the completion has no answer.
+    frequent answer of its group, else 0.
 
     The group is gathered across processes before the vote. Ties go to the answer that sorts first, so the vote does
-    not depend on the order of the completions. ``use_forced`` counts the model's forced multiple-choice answer when
-    none was stated.
+    not depend on the order of the completions. Answers are compared after :func:`normalise_answer`.
+
+    Args:
+        use_forced: count the model's forced multiple-choice answers (default: they neither vote nor score).
+
+    Returns:
+        1.0 or 0.0 per completion; ``None`` without an answer (or with a forced one).
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[MajorityVoteReward()], ...)
     """
 
     __name__ = "majority_vote"
     group_wise = True
 
-    def __init__(self, use_forced: bool = True):
-        self.use_forced = use_forced
-
-    def _answer(self, stats: RolloutStats) -> str | None:
-        if stats.answer is None or (stats.answer_forced and not self.use_forced):
-            return None
-        return stats.answer
-
     def score_group(self, group: list[RolloutStats]) -> list[float | None]:
-        answers = [self._answer(s) for s in group]
+        answers = [normalise_answer(s.answer) if self._usable(s) else None for s in group]
         counts = Counter(a for a in answers if a is not None)
         if not counts:
             return [None] * len(group)
         majority = min(counts, key=lambda a: (-counts[a], a))
         return [None if a is None else float(a == majority) for a in answers]
+
+
+class AgreementBrierReward(AnswerReward):
+    """Label-free calibration: ``r = -(p_K - share)^2``, with ``share`` the fraction of the group's stated answers that
+    equal this one (compared after :func:`normalise_answer`).
+
+    The model's confidence in an answer should match how often the model itself reaches that answer: the
+    counterweight to self-certainty's pull toward confident wrong answers. The group is gathered across processes.
+
+    Args:
+        use_forced: count and score forced answers too (default: they neither count nor score).
+
+    Returns:
+        One float in ``[-1, 0]`` per completion; ``None`` without a stated answer, or in a group with fewer than two
+        stated answers.
+
+    Example::
+
+        trainer = HyTuningTrainer(model, reward_funcs=[SelfCertaintyReward(), AgreementBrierReward()],
+                                  args=HyTuningConfig(..., reward_weights=[0.1, 1.0]))
+    """
+
+    __name__ = "agreement_brier"
+    group_wise = True
+
+    def score_group(self, group: list[RolloutStats]) -> list[float | None]:
+        answers = [normalise_answer(s.answer) if self._usable(s) else None for s in group]
+        stated = [a for a in answers if a is not None]
+        if len(stated) < 2:
+            return [None] * len(group)
+        counts = Counter(stated)
+        out: list[float | None] = []
+        for a, s in zip(answers, group):
+            confidence = s.answer_confidence
+            if a is None or confidence is None:
+                out.append(None)
+            else:
+                out.append(-((confidence - counts[a] / len(stated)) ** 2))
+        return out

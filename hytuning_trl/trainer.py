@@ -1,4 +1,18 @@
-"""HyTuningTrainer: GRPO on internal feedback plus reasoning distillation, mixed by Progressive Reasoning Gain."""
+"""HyTuningTrainer: GRPO on internal feedback plus reasoning distillation, mixed by Progressive Reasoning Gain.
+
+``loss = (1 - rd_weight) * L_GRPO + rd_weight * L_RD / gradient_accumulation_steps``, where ``L_GRPO`` is everything
+``GRPOTrainer.compute_loss`` returns (its KL and entropy terms included) and ``rd_weight`` is set at every optimizer
+step by the mixing controller (:mod:`hytuning_trl.mixing`).
+
+The private TRL API this module relies on, checked against TRL 1.16.0 (the dependency is capped below 1.17):
+
+* methods overridden, each calling ``super()``: ``GRPOTrainer._generate`` (returns the 8-tuple
+  ``prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images``; extra fields
+  reach the reward functions as keywords), ``_generate_and_score_completions`` (returns a dict with the local
+  ``advantages``), ``training_step``, ``compute_loss``, ``_save_checkpoint``, ``_load_optimizer_and_scheduler``;
+* attributes read: ``_metrics`` (logged means), ``_tokenizer``, ``_log_completion_extra`` (completions table),
+  ``eos_token_ids``, ``num_generations``, ``num_generations_eval``, ``chat_template_kwargs``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +31,7 @@ from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
-from .answers import AnswerExtractor
+from .answers import AnswerExtractor, ParsedCompletion, whitespace_token_ids
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
 from .distill import (
@@ -26,15 +40,18 @@ from .distill import (
     check_distill_dataset,
     collate_distill,
     rd_loss,
+    split_anchor,
     tokenize_distill_dataset,
 )
-from .mixing import MixingState
+from .evaluation import CalibrationEvalCallback
+from .mixing import MixingController, RoundMeans
 from .rewards import SelfCertaintyReward
 from .scoring import RolloutStats, score_rollouts
 
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
 STATE_FILE = "hytuning_state.json"
+TRL_GENERATE_OUTPUTS = 8  # GRPOTrainer._generate's tuple in TRL 1.16
 logger = logging.get_logger(__name__)
 
 
@@ -62,9 +79,20 @@ def _check_peft_zero3(model: Any, args: HyTuningConfig, peft_config: Any) -> Non
             raise ValueError(
                 "PEFT under DeepSpeed ZeRO-3 with gradient_checkpointing=True cannot run the RD head: TRL forces "
                 "reentrant checkpointing there, and ZeRO-3 then reduces each LoRA gradient once per forward (the RD "
-                "head adds a second forward per micro-step). Set gradient_checkpointing=False (LoRA activations are "
-                "small), use ZeRO-2, or train with mixing='rl_only'."
+                "head adds a second forward per micro-step). Set gradient_checkpointing=False (and a per-device batch "
+                "whose activations fit: the frozen base's activations are still stored), use ZeRO-2, or train with "
+                "mixing='rl_only'."
             )
+
+
+def _prg_hook(callbacks: list) -> PRGCallback:
+    hooks = [c for c in callbacks if isinstance(c, PRGCallback)]
+    if len(hooks) > 1:
+        raise ValueError(
+            f"`callbacks` holds {len(hooks)} PRGCallback instances ({', '.join(type(h).__name__ for h in hooks)}); "
+            "the RD weight has one rule: pass one."
+        )
+    return hooks[0] if hooks else PRGCallback()
 
 
 class HyTuningTrainer(GRPOTrainer):
@@ -72,15 +100,19 @@ class HyTuningTrainer(GRPOTrainer):
     Trainer for HyTuning ("Less Approximates More", arXiv 2604.08454): GRPO on the policy's own internal feedback
     (RLIF) over unlabeled prompts, mixed with reasoning distillation (RD) on a few supervised traces::
 
-        loss = (1 - lam) * L_GRPO + lam * L_RD / gradient_accumulation_steps
+        loss = (1 - rd_weight) * L_GRPO + rd_weight * L_RD / gradient_accumulation_steps
 
-    ``lam`` is set after every step by [`PRGCallback`] from the Progressive Reasoning Gain of the policy's rollouts and
-    of the RD traces (config ``mixing``). Compared with [`~trl.GRPOTrainer`] it overrides only:
+    ``rd_weight`` is set at every optimizer step by the mixing rule (config ``mixing``; the default ``"prg"`` reads
+    the gain of the gold answer along held-out anchor traces) through the [`PRGCallback`] hook. Compared with
+    [`~trl.GRPOTrainer`] it overrides only:
 
     * ``_generate``: after TRL generates, one no-grad scoring pass gives each completion its self-certainty,
-      entropy and PRG trajectory (``hytuning_stats``, handed to every reward function), and on every ``prg_every``-th
-      round the anchor PRG of a few RD traces;
-    * ``_generate_and_score_completions``: keeps the batch's rows (for their ``options``) while TRL scores them;
+      entropy and PRG trajectory (``hytuning_stats``, handed to every reward function), and on every
+      ``prg_every``-th round the anchor traces are scored;
+    * ``_generate_and_score_completions``: keeps the batch's rows (for their ``options``) while TRL scores them, and
+      applies the optional per-sample gate (``prg_gate``) to the advantages TRL computed;
+    * ``training_step``: at the optimizer-step boundary the mixing controller folds the round means and sets the
+      next ``rd_weight``;
     * ``compute_loss``: adds the RD loss of one batch of traces, drawn on every process at every micro-step;
     * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mixing state in ``hytuning_state.json``.
 
@@ -90,6 +122,8 @@ class HyTuningTrainer(GRPOTrainer):
             [`HyTuningConfig`].
         distill_dataset: the RD traces in TRL's prompt-completion format (plain or conversational), with an optional
             ``options`` column for multiple choice. Needed by every mixing rule but ``rl_only``.
+        anchor_dataset: held-out traces in the same format for the ``prg`` / ``prg_gap`` rules. Default:
+            ``min(anchor_holdout, n // 4)`` traces split off ``distill_dataset`` with the seed, never trained on.
     """
 
     _tag_names = ["trl", "grpo", "hytuning"]
@@ -118,6 +152,7 @@ class HyTuningTrainer(GRPOTrainer):
         processing_class: Any = None,
         distill_dataset: Any = None,
         callbacks: list | None = None,
+        anchor_dataset: Any = None,
         **kwargs: Any,
     ):
         if args is None:
@@ -127,14 +162,13 @@ class HyTuningTrainer(GRPOTrainer):
             raise TypeError(f"`args` must be a HyTuningConfig, got {type(args).__name__}.")
         _check_train_dataset(train_dataset)
         check_distill_dataset(distill_dataset, args.mixing)
+        if anchor_dataset is not None:
+            check_distill_dataset(anchor_dataset, args.mixing, name="anchor_dataset")
         _check_peft_zero3(model, args, kwargs.get("peft_config"))
         if reward_funcs is None:
             reward_funcs = [SelfCertaintyReward()]
         callbacks = list(callbacks or [])
-        prg_callback = next((c for c in callbacks if isinstance(c, PRGCallback)), None)
-        if prg_callback is None:
-            prg_callback = PRGCallback()
-            callbacks.append(prg_callback)
+        hook = _prg_hook(callbacks)
 
         super().__init__(
             model,
@@ -146,25 +180,44 @@ class HyTuningTrainer(GRPOTrainer):
             callbacks=callbacks,
             **kwargs,
         )
-        self.prg_callback = prg_callback
+        self.prg_callback = hook
         for callback in callbacks:
-            if hasattr(callback, "bind"):
+            if isinstance(callback, CalibrationEvalCallback):
                 callback.bind(self)
-        self.mixing_state = MixingState(rd_weight={"rl_only": 0.0, "rd_only": 1.0}.get(args.mixing, args.rd_weight))
-        self._mixing_state_restored = False
-        self._prg_rounds: list[dict[str, float | None]] = []
+        self.mixing = MixingController(args, hook)
+        self._mixing_started = False
         self._rollout_rows: list[dict] | None = None
+        self._round_stats: list[RolloutStats] = []
+        self._missing_window: list[float] = []
+        self._warned_missing = False
         self.answer_extractor = AnswerExtractor.from_config(
             self._tokenizer, args, special_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id]
         )
+        self._whitespace_ids = whitespace_token_ids(self._tokenizer)
         self._trigger_ids = self._tokenizer(args.answer_trigger, add_special_tokens=False)["input_ids"]
 
         self.distill_examples: list[DistillExample] = []
+        self.anchor_examples: list[DistillExample] = []
         self.distill_iterator: ShardedEndlessIterator | None = None
         if args.mixing != "rl_only":
-            self.distill_examples = tokenize_distill_dataset(
-                distill_dataset, self._tokenizer, args.distill_max_length, self.chat_template_kwargs
+            tokenize = lambda ds: tokenize_distill_dataset(  # noqa: E731
+                ds, self._tokenizer, args.distill_max_length, self.chat_template_kwargs
             )
+            examples = tokenize(distill_dataset)
+            if anchor_dataset is not None:
+                self.distill_examples, self.anchor_examples = examples, tokenize(anchor_dataset)
+            else:
+                train_idx, anchor_idx = split_anchor(len(examples), args.anchor_holdout, args.seed)
+                self.distill_examples = [examples[i] for i in train_idx]
+                self.anchor_examples = [examples[i] for i in anchor_idx]
+                self.mixing.state.anchor_indices = anchor_idx
+            if args.mixing in ("prg", "prg_gap") and not self.anchor_examples:
+                raise ValueError(
+                    f"mixing={args.mixing!r} needs held-out anchor traces, but there are none: pass "
+                    f"`anchor_dataset`, or give `distill_dataset` at least 4 traces and `anchor_holdout` >= 1 (now "
+                    f"{args.anchor_holdout}; {len(examples)} traces give min(anchor_holdout, n // 4) = 0)."
+                )
+            self._anchor_parsed = [self._parse_anchor(i, e) for i, e in enumerate(self.anchor_examples)]
             self.distill_iterator = ShardedEndlessIterator(
                 len(self.distill_examples),
                 args.distill_per_device_batch_size,
@@ -178,12 +231,13 @@ class HyTuningTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ mixing state
     @property
     def rd_weight(self) -> float:
-        """The RD weight ``lam`` used by the current step."""
-        return self.mixing_state.rd_weight
+        """The RD weight of the current step."""
+        return self.mixing.rd_weight
 
-    def _pop_prg_rounds(self) -> list[dict[str, float | None]]:
-        rounds, self._prg_rounds = self._prg_rounds, []
-        return rounds
+    @property
+    def mixing_state(self):
+        """The mixing state (:class:`~hytuning_trl.mixing.MixingState`)."""
+        return self.mixing.state
 
     def _sync_num_batches(self, n: int) -> int:
         """Under ZeRO-3 / FSDP every process must run the same number of forwards: agree on the maximum."""
@@ -193,17 +247,35 @@ class HyTuningTrainer(GRPOTrainer):
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
+    def _reduce_sums(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist() if self.accelerator.num_processes > 1 else values
+
     # ------------------------------------------------------------------ scoring
+    def _parse_anchor(self, index: int, example: DistillExample) -> ParsedCompletion:
+        """Read an anchor trace; refuse one without steps or without a stated gold answer."""
+        parsed = self.answer_extractor.parse(example.completion_ids, example.options)
+        problem = None
+        if parsed.answer is None and example.truncated:
+            problem = "lost its answer statement to `distill_max_length`; raise it"
+        elif parsed.answer is None:
+            problem = "states no answer the answer contract can read (e.g. 'The answer is B.')"
+        elif not parsed.spans:
+            problem = "has no reasoning before its answer statement (K = 0)"
+        if problem:
+            raise ValueError(
+                f"Anchor trace {index} ({example.completion_text[:60]!r}...) {problem}; the anchor measures the gold "
+                "answer's gain along expert steps. Fix or drop the trace (`anchor_dataset`, or the distill dataset "
+                "it is split from)."
+            )
+        return parsed
+
     def _score(
-        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rows: list[dict | None], stats: bool
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], parsed: list[ParsedCompletion], stats: bool
     ) -> list[RolloutStats]:
-        """The scoring pass over a batch, with the answers and PRG filled in."""
-        parsed = [
-            self.answer_extractor.parse(ids, row.get("options") if row else None)
-            for ids, row in zip(completion_ids, rows)
-        ]
+        """The scoring pass over a batch (model in eval mode: no dropout), with answers and PRG filled in."""
         was_training = self.model.training
-        self.model.eval()  # no dropout in the statistics; TRL reads the mode from the model, so it is restored below
+        self.model.eval()  # TRL reads the mode from the model, so it is restored below
         try:
             records = score_rollouts(
                 self.model,
@@ -218,48 +290,85 @@ class HyTuningTrainer(GRPOTrainer):
                 token_budget=self.args.scoring_token_budget,
                 pad_token_id=self._tokenizer.pad_token_id,
                 sync_num_batches=self._sync_num_batches,
+                whitespace_ids=self._whitespace_ids,
             )
         finally:
             self.model.train(was_training)
         return [p.fill(record, self.args.prg_aggregation) for record, p in zip(records, parsed)]
 
-    def _reduce_sums(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        return self.accelerator.reduce(t, reduction="sum").tolist() if self.accelerator.num_processes > 1 else values
-
     # ------------------------------------------------------------------ TRL overrides
     def _generate_and_score_completions(self, inputs):
         self._rollout_rows = inputs
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_rows = None
+        if self.args.prg_gate and self.model.training:
+            self._gate_advantages(output)
+        return output
+
+    def _gate_advantages(self, output: dict) -> None:
+        """Per-sample gating: a positive advantage of a rollout whose own PRG is <= 0, missing or non-finite, or
+        whose answer is forced, is multiplied by ``prg_gate_floor``; negative advantages stay."""
+        advantages = output["advantages"]
+        stats = self._round_stats
+        if len(stats) != advantages.size(0):
+            raise RuntimeError(f"{len(stats)} scored rollouts for {advantages.size(0)} advantages: cannot gate.")
+        unsupported = torch.tensor(
+            [s.answer_forced or s.prg is None or not math.isfinite(s.prg) or s.prg <= 0 for s in stats],
+            device=advantages.device,
+        )
+        gated = unsupported & (advantages > 0)
+        output["advantages"] = torch.where(gated, advantages * self.args.prg_gate_floor, advantages)
+        n_gated, n = self._reduce_sums([float(gated.sum()), float(len(stats))])
+        self._metrics["train"]["hytuning/prg_gated_share"].append(n_gated / max(n, 1.0))
 
     def _generate(self, prompts: list):
-        output = list(super()._generate(prompts))
-        prompt_ids, completion_ids, extra_fields = output[0], output[1], output[5]
+        output = super()._generate(prompts)
+        if len(output) != TRL_GENERATE_OUTPUTS:
+            raise RuntimeError(
+                f"GRPOTrainer._generate returned {len(output)} values; hytuning-trl was written against the "
+                f"{TRL_GENERATE_OUTPUTS} of TRL 1.16. Install a TRL version the package supports (trl>=1.16,<1.17)."
+            )
+        prompt_ids, completion_ids, _tool_mask, _completions, _logprobs, extra_fields, _images, _tool_images = output
         mode = "train" if self.model.training else "eval"
         rows = self._rollout_rows if self._rollout_rows is not None else [None] * len(prompts)
         if len(rows) != len(completion_ids):
             rows = [None] * len(completion_ids)
-        stats = self._score([list(p) for p in prompt_ids], [list(c) for c in completion_ids], rows, stats=True)
+        completion_ids = [list(c) for c in completion_ids]
+        parsed = [
+            self.answer_extractor.parse(ids, row.get("options") if row else None)
+            for ids, row in zip(completion_ids, rows)
+        ]
+        stats = self._score([list(p) for p in prompt_ids], completion_ids, parsed, stats=True)
+        self._round_stats = stats
         extra_fields["hytuning_stats"] = stats
         extra_fields["hytuning_num_generations"] = (
             self.num_generations if mode == "train" else self.num_generations_eval
         )
-        self._log_completion_extra("prg", [s.prg for s in stats])
-        self._log_completion_extra("answer_confidence", [s.answer_confidence for s in stats])
+        # own column names: a reward function called "prg" has a column of that name already
+        self._log_completion_extra("hytuning_prg", [s.prg for s in stats])
+        self._log_completion_extra("hytuning_answer_confidence", [s.answer_confidence for s in stats])
         policy = self._log_round(stats, mode)
         if mode == "train":
-            anchor = self._anchor_prg()
-            self._prg_rounds.append({"policy": policy, "anchor": anchor})
-        return tuple(output)
+            anchor_prg = anchor_gain = None
+            round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
+            if self._anchor_parsed_or_none() and round_index % self.args.prg_every == 0:
+                anchor_prg, anchor_gain = self._anchor_round()
+            self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
+        return output
+
+    def _anchor_parsed_or_none(self) -> list[ParsedCompletion] | None:
+        return getattr(self, "_anchor_parsed", None) or None
 
     def _log_round(self, stats: list[RolloutStats], mode: str) -> float | None:
-        """Reduce one round's statistics across processes, log them, and return the policy's global mean PRG."""
-        prg_sum = prg_n = missing = nonfinite = sc_sum = sc_n = conf_sum = conf_n = steps = 0.0
+        """Reduce one round's statistics across processes, log them, and return the policy's global mean PRG over
+        stated answers with at least one step (forced answers left out: choosing an answer by its final probability
+        guarantees it a gain)."""
+        prg_sum = prg_n = missing = nonfinite = sc_sum = sc_n = conf_sum = conf_n = steps = forced = 0.0
         for s in stats:
-            usable = s.answer_logprobs is not None and s.num_steps > 0
+            forced += s.answer_forced
+            usable = s.answer_logprobs is not None and s.num_steps > 0 and not s.answer_forced
             if not usable:
                 missing += 1
             elif s.prg is None or not math.isfinite(s.prg):
@@ -273,48 +382,81 @@ class HyTuningTrainer(GRPOTrainer):
                 conf_sum, conf_n = conf_sum + conf, conf_n + 1
             steps += s.num_steps
         totals = self._reduce_sums(
-            [prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, len(stats)]
+            [prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, len(stats)]
         )
-        prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, n = totals
+        prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, n = totals
         metrics = self._metrics[mode]
         policy = prg_sum / prg_n if prg_n else None
         if policy is not None:
             metrics["hytuning/prg_policy"].append(policy)
         metrics["hytuning/prg_missing"].append(missing / max(n, 1))
         metrics["hytuning/prg_nonfinite"].append(nonfinite)
+        metrics["hytuning/answer_forced_rate"].append(forced / max(n, 1))
         metrics["hytuning/num_steps"].append(steps / max(n, 1))
         if sc_n:
             metrics["hytuning/self_certainty"].append(sc_sum / sc_n)
         if conf_n:
             metrics["hytuning/answer_confidence"].append(conf_sum / conf_n)
+        if mode == "train":
+            self._missing_window.append(missing / max(n, 1))
         return policy
 
-    def _anchor_prg(self) -> float | None:
-        """Every ``prg_every`` rounds: the mean PRG of a sample of RD traces under the current model (global)."""
-        round_index = self.mixing_state.generation_rounds + len(self._prg_rounds)
-        if self.distill_iterator is None or round_index % self.args.prg_every != 0:
-            return None
-        generator = torch.Generator().manual_seed(
-            self.args.seed * 100003 + round_index * 1009 + self.accelerator.process_index
-        )
-        picks = torch.randint(
-            len(self.distill_examples), (self.args.distill_per_device_batch_size,), generator=generator
-        )
-        traces = [self.distill_examples[i] for i in picks.tolist()]
+    def _anchor_round(self) -> tuple[float | None, float | None]:
+        """Score this process's shard of the anchor traces; return the global mean PRG and mean gain ``G``."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, len(self.anchor_examples), world))
+        traces = [self.anchor_examples[i] for i in mine]
         records = self._score(
             [t.prompt_ids for t in traces],
             [t.completion_ids for t in traces],
-            [{"options": t.options} if t.options is not None else None for t in traces],
+            [self._anchor_parsed[i] for i in mine],
             stats=False,
         )
-        good = [r.prg for r in records if r.answer_logprobs is not None and r.num_steps > 0 and r.prg is not None]
-        good = [g for g in good if math.isfinite(g)]
-        total, count = self._reduce_sums([sum(good), len(good)])
+        sums = [0.0] * 6  # G, p_0, p_K, PRG, count, non-finite
+        for r in records:
+            p0, pk = (math.exp(r.answer_logprobs[i] / r.answer_num_tokens) for i in (0, -1))
+            values = [r.gain, p0, pk, r.prg]
+            if all(v is not None and math.isfinite(v) for v in values):
+                sums = [a + b for a, b in zip(sums, [*values, 1.0, 0.0])]
+            else:
+                sums[5] += 1
+        gain, p0, pk, prg, count, nonfinite = self._reduce_sums(sums)
+        metrics = self._metrics["train"]
+        metrics["hytuning/anchor_nonfinite"].append(nonfinite)
         if not count:
-            return None
-        anchor = total / count
-        self._metrics["train"]["hytuning/prg_anchor"].append(anchor)
-        return anchor
+            return None, None
+        metrics["hytuning/anchor_gain"].append(gain / count)
+        metrics["hytuning/anchor_p0"].append(p0 / count)
+        metrics["hytuning/anchor_pK"].append(pk / count)
+        metrics["hytuning/prg_anchor"].append(prg / count)
+        return prg / count, gain / count
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        output = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients and self.model.training:
+            self._end_of_optimizer_step()
+        return output
+
+    def _end_of_optimizer_step(self) -> None:
+        """Fold the rounds into the mixing state and set the RD weight of the next step (same on every process)."""
+        self.mixing.step(self.state.global_step + 1, self.state.max_steps)
+        ms, metrics = self.mixing.state, self._metrics["train"]
+        for name in ("anchor_gain_ema", "prg_policy_ema", "prg_anchor_ema"):
+            if getattr(ms, name) is not None:
+                metrics[f"hytuning/{name}"].append(getattr(ms, name))
+        metrics["hytuning/rd_weight_next"].append(ms.rd_weight)
+        window = max(int(self.args.logging_steps or 1), 1)
+        if (self.state.global_step + 1) % window == 0:
+            if self._missing_window and min(self._missing_window) >= 1.0 and not self._warned_missing:
+                logger.warning(
+                    "hytuning/prg_missing was 1.0 over the last logging window: no rollout had a stated answer with "
+                    "reasoning steps, so PRG, answer confidence and the PRG-based rewards carry no signal. Check that "
+                    "completions end with a statement `answer_pattern` reads (default 'The answer is X.'), that "
+                    "multiple-choice rows have an `options` column or `answer_options` is set, and that "
+                    "max_completion_length leaves room for the answer."
+                )
+                self._warned_missing = True
+            self._missing_window = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(
@@ -322,9 +464,12 @@ class HyTuningTrainer(GRPOTrainer):
         )
         if not self.model.training:
             return loss
+        if not self._mixing_started:
+            self.mixing.start(self.state.global_step, self.state.max_steps)
+            self._mixing_started = True
         metrics = self._metrics["train"]
-        lam = self.rd_weight
-        metrics["hytuning/rd_weight"].append(lam)
+        rd_weight = self.rd_weight
+        metrics["hytuning/rd_weight"].append(rd_weight)
         if self.distill_iterator is None:  # rl_only: no RD forward on any process
             return loss
         batch = collate_distill(
@@ -337,18 +482,19 @@ class HyTuningTrainer(GRPOTrainer):
         if n_tokens:
             metrics["hytuning/rd_nll"].append(nll_sum / n_tokens)
         metrics["hytuning/rd_nonfinite"].append(nonfinite)
-        grpo = (1.0 - lam) * loss if lam < 1.0 else 0.0 * torch.nan_to_num(loss)
-        return grpo + lam * rd
+        grpo = (1.0 - rd_weight) * loss if rd_weight < 1.0 else 0.0 * torch.nan_to_num(loss)
+        return grpo + rd_weight * rd
 
     def _save_checkpoint(self, model, trial):
-        """TRL's checkpoint plus ``hytuning_state.json`` (mixing state and RD iterator position), written first and
-        atomically; SIGTERM / SIGINT arriving while the checkpoint is written are held until it is complete."""
+        """TRL's checkpoint plus ``hytuning_state.json`` (mixing state, held-out anchor, RD iterator position),
+        written first and atomically; SIGTERM / SIGINT arriving while the checkpoint is written are held until it is
+        complete."""
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
-            state = self.mixing_state.to_dict()
+            state = self.mixing.state_dict()
             if self.distill_iterator is not None:
                 state.update(self.distill_iterator.state_dict())
             tmp = os.path.join(folder, STATE_FILE + ".tmp")
@@ -365,16 +511,22 @@ class HyTuningTrainer(GRPOTrainer):
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.exists(path):
             logger.warning(
-                f"{checkpoint} has no {STATE_FILE}: the mixing state (PRG averages, RD weight) and the RD iterator "
+                f"{checkpoint} has no {STATE_FILE}: the mixing state (averages, RD weight) and the RD iterator "
                 "restart from their initial values."
             )
             return
         with open(path) as f:
             state = json.load(f)
-        self.mixing_state = MixingState.from_dict(state)
+        saved_anchor = state.get("anchor_indices", [])
+        if saved_anchor != self.mixing.state.anchor_indices:
+            raise ValueError(
+                f"{path} held out the anchor traces {saved_anchor}, but this run holds out "
+                f"{self.mixing.state.anchor_indices}: resume with the same distill dataset, seed and anchor_holdout, "
+                "or the anchor would have been trained on."
+            )
+        self.mixing.load_state_dict(state)
         if self.distill_iterator is not None:
             self.distill_iterator.load_state_dict(state)
-        self._mixing_state_restored = True
 
 
 @contextlib.contextmanager

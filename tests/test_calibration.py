@@ -71,21 +71,19 @@ def test_ranges(data, strategy):
     assert all(v is None or np.isfinite(v) for v in m.values())
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 14), st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=10))
-def test_ece_zero_for_perfectly_calibrated_bins(bins):
-    """Bins whose accuracy equals their confidence: ECE 0."""
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(2, 20).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n - 1))), min_size=1))
+def test_ece_zero_for_perfectly_calibrated_groups(groups):
+    """Groups of n answers at confidence k / n in (0, 1) with exactly k correct (mixed correctness): every bin's
+    accuracy equals its mean confidence, whichever groups share a bin, so ECE is 0. Bug it catches: a bin accuracy or
+    weight computed over the wrong members (the uncalibrated draws give ECE > 0, checked below)."""
     conf, correct = [], []
-    for b, total, k in bins:
-        k = min(k, total)
-        c = (b + 0.5) / 15 if total == 0 else None
-        c = k / total
-        if not (b / 15 <= c < (b + 1) / 15 or c == 1.0):
-            continue
-        conf += [c] * total
-        correct += [1] * k + [0] * (total - k)
-    if conf:
-        assert expected_calibration_error(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    for n, k in groups:
+        conf += [k / n] * n
+        correct += [1] * k + [0] * (n - k)
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    shifted = [min(c + 0.05, 1.0) for c in conf]  # the same answers, 5 points overconfident
+    assert expected_calibration_error(shifted, correct) == pytest.approx(0.05, abs=1e-9)
 
 
 grid = st.integers(2, 60).flatmap(

@@ -87,7 +87,7 @@ def test_ddp_trains_in_lockstep(ddp_run):
     assert results[0]["step_counts"] and set(results[0]["step_counts"]) == {1}  # different step counts per process
     assert set(results[1]["step_counts"]) == {4}
     _traces_sharded(results)
-    assert results[0]["batches_per_epoch"] == 3  # 12 traces / (2 per batch x 2 processes)
+    assert results[0]["batches_per_epoch"] == 2  # 9 training traces (3 of 12 held out as the anchor) / (2 x 2)
     for r in results:
         assert r["finite"] and all(h["loss"] == h["loss"] for h in r["logs"])
     # injected: a NaN PRG on process 0 and a NaN RD loss on process 1, both counted, identical on both processes

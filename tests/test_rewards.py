@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from hytuning_trl import (
+    AgreementBrierReward,
     AnswerConfidenceReward,
     EntropyReward,
     InternalFeedbackReward,
@@ -83,7 +84,7 @@ def test_statistics_on_fixed_logits():
     assert stats.entropy == pytest.approx(expected_h, abs=1e-6)
     # the answer 3 always follows the trigger token 1 (uniform row): p = 1/4 at every k
     assert stats.answer_logprobs == pytest.approx([math.log(0.25)] * 3, abs=1e-6)
-    stats.prg = 0.0
+    stats.prg, stats.answer = 0.0, "x"
     assert SelfCertaintyReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(expected_sc, abs=1e-6)]
     assert EntropyReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(-expected_h, abs=1e-6)]
     assert AnswerConfidenceReward()(completions=["x"], hytuning_stats=[stats]) == [pytest.approx(0.25, abs=1e-6)]
@@ -106,12 +107,48 @@ def test_rewards_from_hand_stats():
     batch = [s, low, decided, none]
     assert PRGReward()(hytuning_stats=batch) == [0.5, -0.6, 0.01, None]
     gated = PRGGatedConfidenceReward()(hytuning_stats=batch)
-    assert gated[0] == pytest.approx(0.5) and gated[1] == 0.0 and gated[2] == pytest.approx(0.01) and gated[3] is None
+    # p_K * clip(G, 0, 1): G = 0.5 / 0.8 for the rise 0.2 -> 0.7; a fall gives 0; 0.95 -> 0.96 gives G = 0.01 / 0.05
+    assert gated == [pytest.approx(0.7 * 0.5 / 0.8), 0.0, pytest.approx(0.96 * 0.2), None]
+    # the gate binds: neither max(PRG, 0) (0.5) nor p_K (0.7)
+    assert gated[0] != pytest.approx(0.5) and gated[0] != pytest.approx(0.7)
     conf = AnswerConfidenceReward()(hytuning_stats=batch)
     assert conf[:3] == pytest.approx([0.7, 0.3, 0.96]) and conf[3] is None
-    # PRG bigger than the confidence it built: capped at p_K
-    assert PRGGatedConfidenceReward()(hytuning_stats=[_stats([math.log(0.3)], prg=0.5)]) == [pytest.approx(0.3)]
     assert SelfCertaintyReward()(hytuning_stats=[_stats(None, sc=float("nan"))]) == [None]  # non-finite -> None
+
+
+def test_gated_confidence_needs_support():
+    """Bug it catches: a gate that passes confidence through (p_K) or rewards PRG alone (max(PRG, 0))."""
+    unsupported = _stats([math.log(0.9), math.log(0.9), math.log(0.9)], prg=0.0, answer="A")  # decided first
+    supported = _stats([math.log(0.3), math.log(0.6), math.log(0.9)], prg=0.6, answer="A")  # built by the steps
+    out = PRGGatedConfidenceReward()(hytuning_stats=[unsupported, supported])
+    assert out[0] == 0.0 and out[1] == pytest.approx(0.9 * 0.6 / 0.7)
+    assert out[0] < out[1]
+
+
+def test_forced_answers_get_none_unless_asked():
+    forced = _stats([math.log(0.3), math.log(0.8)], prg=0.5, answer="C", forced=True)
+    for cls in (AnswerConfidenceReward, PRGReward, PRGGatedConfidenceReward):
+        assert cls()(hytuning_stats=[forced]) == [None], cls
+        assert cls(use_forced=True)(hytuning_stats=[forced])[0] is not None, cls
+
+
+def test_agreement_brier_by_hand():
+    group = [
+        _stats([math.log(0.8)], answer="Digoxin toxicity."),
+        _stats([math.log(0.6)], answer=" digoxin toxicity"),  # the same answer after normalisation
+        _stats([math.log(0.9)], answer="Cholera"),
+        _stats([math.log(0.5)], answer=None),
+        _stats([math.log(0.7)], answer="Cholera", forced=True),  # forced: neither counted nor scored
+    ]
+    out = AgreementBrierReward()(hytuning_stats=group, hytuning_num_generations=[5] * 5)
+    assert out[0] == pytest.approx(-((0.8 - 2 / 3) ** 2)) and out[1] == pytest.approx(-((0.6 - 2 / 3) ** 2))
+    assert out[2] == pytest.approx(-((0.9 - 1 / 3) ** 2)) and out[3] is None and out[4] is None
+    # counting the forced answer changes the shares: Cholera 2 of 4
+    counted = AgreementBrierReward(use_forced=True)(hytuning_stats=group, hytuning_num_generations=[5] * 5)
+    assert counted[2] == pytest.approx(-((0.9 - 2 / 4) ** 2)) and counted[4] == pytest.approx(-((0.7 - 0.5) ** 2))
+    # fewer than two stated answers in the group: no reward
+    lone = [_stats([math.log(0.8)], answer="A"), _stats([math.log(0.5)], answer=None)]
+    assert AgreementBrierReward()(hytuning_stats=lone, hytuning_num_generations=[2, 2]) == [None, None]
 
 
 def test_majority_vote_groups():
@@ -120,10 +157,12 @@ def test_majority_vote_groups():
     out = MajorityVoteReward()(hytuning_stats=batch, hytuning_num_generations=[4] * 8)
     assert out == [1.0, 0.0, 1.0, None, 1.0, 1.0, 0.0, 0.0]  # tie C/D -> C (sorts first)
     forced = [_stats(None, answer="B", forced=True), _stats(None, answer="A"), _stats(None, answer="B", forced=True)]
-    assert MajorityVoteReward(use_forced=False)(hytuning_stats=forced, hytuning_num_generations=[3] * 3) == [
-        None,
+    # default: forced answers neither vote nor score
+    assert MajorityVoteReward()(hytuning_stats=forced, hytuning_num_generations=[3] * 3) == [None, 1.0, None]
+    assert MajorityVoteReward(use_forced=True)(hytuning_stats=forced, hytuning_num_generations=[3] * 3) == [
         1.0,
-        None,
+        0.0,
+        1.0,
     ]
 
 
@@ -143,6 +182,7 @@ def test_rewards_permute_with_completions(answers, rnd):
         PRGReward(),
         PRGGatedConfidenceReward(),
         MajorityVoteReward(),
+        AgreementBrierReward(),
     ):
         kwargs = {"hytuning_num_generations": [6] * 6}
         base = reward(hytuning_stats=group, **kwargs)
@@ -180,7 +220,14 @@ def test_clear_error_in_plain_grpo(tmp_path, trained_model, trained_tokenizer, t
 
 
 def test_picklable_and_named():
-    for cls in (SelfCertaintyReward, EntropyReward, AnswerConfidenceReward, PRGReward, PRGGatedConfidenceReward):
+    for cls in (
+        SelfCertaintyReward,
+        EntropyReward,
+        AnswerConfidenceReward,
+        PRGReward,
+        PRGGatedConfidenceReward,
+        AgreementBrierReward,
+    ):
         reward = pickle.loads(pickle.dumps(cls()))
         assert reward.__name__ == cls.__dict__["__name__"] and reward.__name__.islower()
     assert pickle.loads(pickle.dumps(MajorityVoteReward(use_forced=False))).use_forced is False
@@ -204,8 +251,8 @@ def test_user_subclass_trains_and_logs(build_trainer):
     trainer = build_trainer(reward_funcs=[SelfCertaintyReward(), VerbalisedBrier()], max_steps=2)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    values = [h["rewards/verbalised_brier/mean"] for h in logs]
-    assert all(-1.0 <= v <= 0.0 for v in values)
+    values = [h["rewards/verbalised_brier/mean"] for h in logs if h["rewards/verbalised_brier/mean"] is not None]
+    assert values and all(-1.0 <= v <= 0.0 for v in values)
 
 
 def _majority_worker(rank, world, init_file, answers, result_file):

@@ -1,16 +1,16 @@
 """HyTuningTrainer end to end on a tiny model that writes real steps and answers."""
 
+import copy
 import json
 import math
-import os
 
 import pytest
 import torch
-from conftest import make_args
+from conftest import make_args, reference_trajectory
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer, PRGCallback, PRGReward, SelfCertaintyReward
-from hytuning_trl.mixing import chord_weight
 
 
 def _train(tmp_path, model, tokenizer, train_dataset, distill_dataset, **overrides):
@@ -33,55 +33,130 @@ def _train(tmp_path, model, tokenizer, train_dataset, distill_dataset, **overrid
     return trainer, logs, moved
 
 
-def test_prg_mixing_trains_and_lam_moves(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
-    trainer, logs, moved = _train(
-        tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset, max_steps=4, prg_tau=0.05
-    )
-    assert len(logs) == 4 and all(math.isfinite(h["loss"]) for h in logs)
-    assert moved > 0
-    lams = [h["hytuning/rd_weight"] for h in logs]
-    assert lams[0] == pytest.approx(0.5)  # rd_weight until both EMAs have a value
-    assert all(0.05 - 1e-9 <= lam <= 0.9 + 1e-9 for lam in lams[1:])
-    assert len({round(lam, 6) for lam in lams}) > 1, lams  # lam really moves
-    prg = [h["hytuning/prg_policy"] for h in logs if "hytuning/prg_policy" in h]
-    assert len(prg) == 4 and len({round(p, 6) for p in prg}) > 1 and any(abs(p) > 1e-4 for p in prg), prg
-    assert all(h["hytuning/prg_missing"] < 1 for h in logs)
-    assert all(h["hytuning/num_steps"] >= 1 for h in logs)  # the model writes real steps
-    assert all("hytuning/prg_anchor" in h and "hytuning/rd_nll" in h for h in logs)
-    # the rule: the logged lam follows from the logged EMAs
-    ms = trainer.mixing_state
-    expected = 0.05 + 0.85 * math.tanh(max(ms.prg_anchor_ema - ms.prg_policy_ema, 0) / 0.05)
-    assert ms.rd_weight == pytest.approx(expected)
+def _logs(trainer):
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def _hand_anchor_gain(trainer, model):
+    """Mean normalised gain of the gold answer over the anchor traces, from plain forwards built by hand."""
+    from hytuning_trl.answers import whitespace_token_ids
+
+    tok = trainer.processing_class
+    ws = whitespace_token_ids(tok)
+    gains = []
+    for example, parsed in zip(trainer.anchor_examples, trainer._anchor_parsed):
+        steps = [example.completion_ids[s:e] for s, e in parsed.spans]
+        lp = reference_trajectory(
+            model.eval(),
+            example.prompt_ids,
+            steps,
+            trainer._trigger_ids,
+            options=parsed.option_ids,
+            index=parsed.letters.index(parsed.answer),
+            ws=ws,
+        )
+        p0, pk = math.exp(lp[0]), math.exp(lp[-1])
+        gains.append(0.0 if abs(pk - p0) < 1e-6 else (pk - p0) / (1 - p0) if pk > p0 else (pk - p0) / p0)
+    return sum(gains) / len(gains)
+
+
+def test_prg_mixing_v2(build_trainer, trained_model):
+    """The default rule on the held-out anchor: the logged gain equals the gain computed by hand before the first
+    update, and each next weight is min + (max - min) * (1 - clip(EMA(G), 0, 1)) with decay 0.5, by hand."""
+    trainer = build_trainer(max_steps=3, learning_rate=1e-3, reward_funcs=[SelfCertaintyReward(), PRGReward()])
+    anchor_texts = {e.completion_text for e in trainer.anchor_examples}
+    assert len(trainer.anchor_examples) == 4 and len(trainer.distill_examples) == 12  # min(16, 16 // 4) held out
+    assert not anchor_texts & {e.completion_text for e in trainer.distill_examples}  # never trained on
+    expected_first = _hand_anchor_gain(trainer, copy.deepcopy(trained_model))
+    trainer.train()
+    logs = _logs(trainer)
+    assert logs[0]["hytuning/anchor_gain"] == pytest.approx(expected_first, abs=1e-4)
+    assert logs[0]["hytuning/rd_weight"] == pytest.approx(0.5)  # rd_weight until the EMA has a value
+    ema = None
+    for i, h in enumerate(logs):
+        ema = h["hytuning/anchor_gain"] if ema is None else 0.5 * ema + 0.5 * h["hytuning/anchor_gain"]
+        assert h["hytuning/anchor_gain_ema"] == pytest.approx(ema, abs=1e-9)
+        expected = 0.05 + 0.85 * (1 - min(max(ema, 0.0), 1.0))
+        assert h["hytuning/rd_weight_next"] == pytest.approx(expected, abs=1e-9)
+        if i + 1 < len(logs):
+            assert logs[i + 1]["hytuning/rd_weight"] == pytest.approx(expected, abs=1e-9)
+        assert {"hytuning/anchor_p0", "hytuning/anchor_pK", "hytuning/answer_forced_rate"} <= set(h)
+
+
+def test_prg_gap_rule(build_trainer):
+    """The turn-1 rule kept for comparison: tanh of the gap between the EMAs, computed by hand from the logs."""
+    trainer = build_trainer(mixing="prg_gap", max_steps=3, learning_rate=1e-3, prg_tau=0.05)
+    trainer.train()
+    policy = anchor = None
+    for h in _logs(trainer):
+        if "hytuning/prg_policy" in h:
+            x = h["hytuning/prg_policy"]
+            policy = x if policy is None else 0.9 * policy + 0.1 * x
+        x = h["hytuning/prg_anchor"]
+        anchor = x if anchor is None else 0.9 * anchor + 0.1 * x
+        if policy is not None:
+            expected = 0.05 + 0.85 * math.tanh(max(anchor - policy, 0.0) / 0.05)
+            assert h["hytuning/rd_weight_next"] == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("mixing,expected", [("rl_only", 0.0), ("rd_only", 1.0), ("constant", 0.3)])
-def test_fixed_rules(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset, mixing, expected):
+def test_fixed_rules(build_trainer, distill_dataset, mixing, expected):
     distill = None if mixing == "rl_only" else distill_dataset
-    trainer, logs, moved = _train(
-        tmp_path, trained_model, trained_tokenizer, train_dataset, distill, mixing=mixing, rd_weight=0.3, max_steps=2
-    )
-    assert moved > 0 and all(math.isfinite(h["loss"]) for h in logs)
+    trainer = build_trainer(mixing=mixing, rd_weight=0.3, max_steps=2, distill_dataset=distill)
+    trainer.train()
+    logs = _logs(trainer)
     assert [h["hytuning/rd_weight"] for h in logs] == [expected] * 2
     if mixing == "rl_only":
         assert trainer.distill_iterator is None and not any("hytuning/rd_nll" in h for h in logs)
     else:
         assert all("hytuning/rd_nll" in h for h in logs)
+        assert len(trainer.distill_examples) == 12  # every arm trains on the same traces, the anchor held out
 
 
-def test_chord_schedule(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
-    _, logs, _ = _train(
-        tmp_path,
-        trained_model,
-        trained_tokenizer,
-        train_dataset,
-        distill_dataset,
-        mixing="chord",
-        max_steps=4,
-        chord_mu_warmup_ratio=0.5,
-    )
-    lams = [h["hytuning/rd_weight"] for h in logs]
-    assert lams == pytest.approx([chord_weight(s, 4, 0.9, 0.05, 0.5) for s in range(4)])
-    assert lams[1] == pytest.approx(0.9) and lams[-1] < lams[1]
+def test_chord_schedule(build_trainer):
+    trainer = build_trainer(mixing="chord", max_steps=4, chord_mu_warmup_ratio=0.5)
+    trainer.train()
+    # warm-up over 2 of 4 steps to 0.9, then cosine to 0.05: worked by hand
+    # step 3: 0.05 + 0.85 * 0.5 * (1 + cos(pi * 1 / 2)) = 0.475
+    assert [h["hytuning/rd_weight"] for h in _logs(trainer)] == pytest.approx([0.45, 0.9, 0.9, 0.475])
+
+
+def test_anchor_refusals(build_trainer, distill_dataset):
+    with pytest.raises(ValueError, match="anchor_dataset.*anchor_holdout"):
+        build_trainer(anchor_holdout=0)
+    steps_ok = {"prompt": "Question: which organ?", "completion": "we look.\n\nso the heart.\nThe answer is A."}
+    no_answer = {"prompt": "Question: which organ?", "completion": "we look.\n\nso the heart is likely."}
+    no_steps = {"prompt": "Question: which organ?", "completion": "The answer is A."}
+    with pytest.raises(ValueError, match=r"Anchor trace 1 .*states no answer"):
+        build_trainer(anchor_dataset=Dataset.from_list([steps_ok, no_answer]))
+    long_trace = {"prompt": "Question: which organ?", "completion": "we look. " * 200 + "\n\nThe answer is A."}
+    with pytest.raises(ValueError, match=r"Anchor trace 0 .*distill_max_length"):
+        build_trainer(anchor_dataset=Dataset.from_list([long_trace, steps_ok]), distill_max_length=64)
+    with pytest.raises(ValueError, match=r"Anchor trace 0 .*K = 0"):
+        build_trainer(anchor_dataset=Dataset.from_list([no_steps, steps_ok]))
+    trainer = build_trainer(anchor_dataset=Dataset.from_list([steps_ok, steps_ok]))
+    assert len(trainer.distill_examples) == 16 and len(trainer.anchor_examples) == 2
+    assert trainer.mixing_state.anchor_indices == []
+
+
+def test_rd_weight_hook(build_trainer):
+    """A PRGCallback subclass sets the weight; it receives the step about to run and a copy of the state."""
+    calls = []
+
+    class Half(PRGCallback):
+        def compute_rd_weight(self, args, state, step, max_steps):
+            calls.append((step, max_steps))
+            state.rd_weight = 123.0  # a copy: must not leak into the trainer
+            return 0.5 * super().compute_rd_weight(args, state, step, max_steps)
+
+    hook = Half()
+    trainer = build_trainer(reward_funcs=None, callbacks=[hook], max_steps=2, mixing="constant", rd_weight=0.6)
+    trainer.train()
+    assert trainer.reward_func_names == ["self_certainty"] and trainer.prg_callback is hook
+    assert [h["hytuning/rd_weight"] for h in _logs(trainer)] == pytest.approx([0.3, 0.3])
+    assert calls[-2:] == [(1, 2), (2, 2)] and calls[0][0] == 0
+    with pytest.raises(ValueError, match="PRGCallback"):
+        build_trainer(callbacks=[PRGCallback(), Half()])
 
 
 def test_conversational_datasets(tmp_path, trained_model, trained_tokenizer, mcq):
@@ -118,80 +193,161 @@ def test_untempered_rd_nll(trained_tokenizer, build_trainer):
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_resume_restores_mixing_state(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
-    _, logs, _ = _train(
-        tmp_path,
-        trained_model,
-        trained_tokenizer,
-        train_dataset,
-        distill_dataset,
-        max_steps=3,
-        save_strategy="steps",
-        save_steps=2,
-    )
+def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer):
+    trainer = build_trainer(max_steps=3, save_strategy="steps", save_steps=2, learning_rate=1e-3)
+    trainer.train()
+    logs = _logs(trainer)
     ckpt = tmp_path / "out" / "checkpoint-2"
     saved = json.loads((ckpt / "hytuning_state.json").read_text())
-    assert saved["prg_policy_ema"] is not None and saved["rd_position"] == 2
-    assert saved["rd_weight"] == pytest.approx(logs[2]["hytuning/rd_weight"])  # lam the next step used
+    assert saved["anchor_gain_ema"] is not None and saved["rd_position"] == 2 and len(saved["anchor_indices"]) == 4
+    assert saved["rd_weight"] == pytest.approx(logs[2]["hytuning/rd_weight"])  # the weight the next step used
 
     seen = {}
 
-    class Spy(PRGCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            super().on_train_begin(args, state, control, **kwargs)
-            seen.update(self.trainer.mixing_state.to_dict())
-            seen.update(self.trainer.distill_iterator.state_dict())
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # after the checkpoint is loaded
+            seen.update(resumed.mixing.state_dict())
+            seen.update(resumed.distill_iterator.state_dict())
 
     from transformers import AutoModelForCausalLM
 
-    trainer = HyTuningTrainer(
-        model=AutoModelForCausalLM.from_pretrained(ckpt),
-        reward_funcs=[SelfCertaintyReward(), PRGReward()],
-        args=make_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=2),
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        processing_class=trained_tokenizer,
-        callbacks=[Spy()],
+    resumed = build_trainer(
+        model=AutoModelForCausalLM.from_pretrained(ckpt), max_steps=3, callbacks=[Spy()], learning_rate=1e-3
     )
-    trainer.train(resume_from_checkpoint=str(ckpt))
+    resumed.train(resume_from_checkpoint=str(ckpt))
     assert seen == saved
+    # another seed holds out other anchor traces: resuming would train on the old anchor
+    other = build_trainer(model=AutoModelForCausalLM.from_pretrained(ckpt), max_steps=3, seed=1)
+    with pytest.raises(ValueError, match="anchor"):
+        other.train(resume_from_checkpoint=str(ckpt))
 
 
-def test_completions_table_and_model_card(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
+def test_completions_table_and_model_card(tmp_path, build_trainer):
     import pandas as pd
 
-    trainer, _, _ = _train(
-        tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset, max_steps=1, log_completions=True
-    )
+    trainer = build_trainer(max_steps=1, log_completions=True, reward_funcs=[SelfCertaintyReward(), PRGReward()])
+    trainer.train()
     table = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")
-    assert {"prg", "answer_confidence"} <= set(table.columns)
-    assert table["prg"].notna().any()
+    # Bug it catches: the statistic and the reward both named "prg", one column silently lost
+    assert {"prg", "hytuning_prg", "hytuning_answer_confidence"} <= set(table.columns)
+    assert table["hytuning_prg"].notna().any()
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "HyTuning" in card and "2604.08454" in card
 
 
-def test_default_reward_and_user_callback(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset):
-    class Half(PRGCallback):
-        def compute_rd_weight(self, args, state, step, max_steps):
-            return 0.5 * super().compute_rd_weight(args, state, step, max_steps)
+POOL = [
+    "we look at the heart.\n\nso the heart is likely.\nThe answer is A.",
+    "the lung.\n\nthe lung again.\nThe answer is B.",
+    "first the fever and the cough and the rash.\n\nthen the kidney and the brain and the liver.",  # no answer
+    "no idea.",  # no answer
+]
 
-    cb = Half()
-    trainer, logs, _ = _train(
-        tmp_path,
-        trained_model,
-        trained_tokenizer,
-        train_dataset,
-        distill_dataset,
-        reward_funcs=None,
-        callbacks=[cb],
-        max_steps=2,
+
+def _fixed_rollouts(tokenizer):
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in POOL]
+
+    def rollout_func(prompts, trainer):
+        completions = [ids[i % len(ids)] for i in range(len(prompts))]
+        return {
+            "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
+            "completion_ids": completions,
+            "logprobs": [[0.0] * len(c) for c in completions],
+        }
+
+    return rollout_func
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer):
+    """Two of four rollouts state no answer: they are forced, flagged, counted, and left out of the policy PRG."""
+    trainer = build_trainer(max_steps=1, rollout_func=_fixed_rollouts(trained_tokenizer), reward_funcs=[length_reward])
+    trainer.train()
+    [h] = _logs(trainer)
+    stats = trainer._round_stats
+    assert [s.answer_forced for s in stats] == [False, False, True, True]
+    assert h["hytuning/answer_forced_rate"] == 0.5 and h["hytuning/prg_missing"] == 0.5
+    assert h["hytuning/prg_policy"] == pytest.approx((stats[0].prg + stats[1].prg) / 2)
+
+
+def test_prg_gate(build_trainer, trained_tokenizer, monkeypatch):
+    """Gating after TRL's advantages: a positive advantage of a rollout with PRG <= 0 or a forced answer becomes
+    floor * advantage; the others stay as TRL computed them."""
+    from trl import GRPOTrainer
+
+    from hytuning_trl import HyTuningTrainer
+
+    seen = []
+    original_trl = GRPOTrainer._generate_and_score_completions
+    original_hy = HyTuningTrainer._generate_and_score_completions
+
+    def trl_side(self, inputs):
+        out = original_trl(self, inputs)
+        seen.append({"before": out["advantages"].clone()})
+        return out
+
+    def hy_side(self, inputs):
+        out = original_hy(self, inputs)
+        seen[-1].update(after=out["advantages"].clone(), stats=list(self._round_stats))
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", trl_side)
+    monkeypatch.setattr(HyTuningTrainer, "_generate_and_score_completions", hy_side)
+    trainer = build_trainer(
+        max_steps=1,
+        prg_gate=True,
+        prg_gate_floor=0.25,
+        rollout_func=_fixed_rollouts(trained_tokenizer),
+        reward_funcs=[length_reward],
     )
-    assert trainer.reward_func_names == ["self_certainty"]
-    assert (
-        trainer.prg_callback is cb and sum(isinstance(c, PRGCallback) for c in trainer.callback_handler.callbacks) == 1
+    trainer.train()
+    [record] = seen
+    gated = 0
+    for before, after, s in zip(record["before"].tolist(), record["after"].tolist(), record["stats"]):
+        unsupported = s.answer_forced or s.prg is None or s.prg <= 0
+        if before > 0 and unsupported:
+            assert after == pytest.approx(0.25 * before)
+            gated += 1
+        else:
+            assert after == before
+    assert gated >= 1  # the longest completion states no answer: forced, positive advantage
+    assert _logs(trainer)[0]["hytuning/prg_gated_share"] == pytest.approx(gated / 4)
+
+
+def test_warns_when_no_rollout_has_prg(tmp_path, trained_model, trained_tokenizer, distill_dataset, caplog):
+    """Bug it catches: raw mode with no statement anywhere trains on PRG-free rewards in silence."""
+    from datasets import Dataset
+
+    train = Dataset.from_list([{"prompt": "Question: which organ?"}] * 8)
+    pool = ["no idea at all.", "maybe the lung."]
+    ids = [trained_tokenizer(t, add_special_tokens=False)["input_ids"] for t in pool]
+
+    def rollout_func(prompts, trainer):
+        completions = [ids[i % 2] for i in range(len(prompts))]
+        return {
+            "prompt_ids": [trained_tokenizer(p)["input_ids"] for p in prompts],
+            "completion_ids": completions,
+            "logprobs": [[0.0] * len(c) for c in completions],
+        }
+
+    from hytuning_trl import HyTuningTrainer
+
+    trainer = HyTuningTrainer(
+        model=trained_model,
+        reward_funcs=[length_reward],
+        args=make_args(tmp_path, max_steps=2, answer_options=None, mixing="constant"),
+        train_dataset=train,
+        distill_dataset=distill_dataset,
+        processing_class=trained_tokenizer,
+        rollout_func=rollout_func,
     )
-    assert logs[0]["hytuning/rd_weight"] == pytest.approx(0.25)
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert all(h["hytuning/prg_missing"] == 1.0 for h in _logs(trainer))
+    assert sum("prg_missing was 1.0" in r.message for r in caplog.records) == 1
 
 
 # ---------------------------------------------------------------- bad input
@@ -203,8 +359,11 @@ def test_default_reward_and_user_callback(tmp_path, trained_model, trained_token
         ({"rd_weight_min": 0.8, "rd_weight_max": 0.2}, "rd_weight_min"),
         ({"rd_weight_max": 1.5}, "rd_weight_max"),
         ({"rd_weight": -0.1}, "rd_weight"),
-        ({"answer_probability": "options", "answer_options": None}, "answer_options"),
-        ({"answer_pattern": "answer is [A-E]"}, "capturing group"),
+        ({"answer_options": ["A", "A"]}, "distinct"),
+        ({"answer_options": ["A"]}, "at least two"),
+        ({"answer_pattern": "answer is ("}, "regular expression"),
+        ({"anchor_ema_decay": 1.0}, "anchor_ema_decay"),
+        ({"prg_gate_floor": 2.0}, "prg_gate_floor"),
         ({"prg_every": 0}, "prg_every"),
     ],
 )
@@ -215,7 +374,9 @@ def test_bad_config(tmp_path, overrides, match):
 
 def test_answer_options_from_cli_string(tmp_path):
     assert make_args(tmp_path, answer_options="A,B,C,D,E").answer_options == list("ABCDE")
-    assert make_args(tmp_path, answer_options=None).answer_probability == "raw"
+    # what TrlParser gives for `--answer_options A,B,C,D`: one item holding the commas
+    assert make_args(tmp_path, answer_options=["A,B,C,D"]).answer_options == list("ABCD")
+    assert make_args(tmp_path, answer_options=None).answer_probability == "auto"
 
 
 @pytest.mark.parametrize(
@@ -226,6 +387,7 @@ def test_answer_options_from_cli_string(tmp_path):
         ("no_completion", "lacks the 'completion' column"),
         ("no_prompt", "lacks the 'prompt' column"),
         ("too_small", "fewer than distill_per_device_batch_size"),
+        ("no_anchor", "anchor_holdout"),
     ],
 )
 def test_bad_datasets(tmp_path, trained_model, trained_tokenizer, train_dataset, distill_dataset, case, match):
@@ -238,12 +400,14 @@ def test_bad_datasets(tmp_path, trained_model, trained_tokenizer, train_dataset,
         distill = distill_dataset.rename_column("completion", "solution")
     elif case == "no_prompt":
         train = train_dataset.rename_column("prompt", "question")
-    elif case == "too_small":
-        distill = distill_dataset.select([0])
+    elif case == "too_small":  # 4 traces: 1 held out as the anchor, 3 left for a batch of 4
+        distill = distill_dataset.select(range(4))
+    elif case == "no_anchor":  # 3 traces: min(16, 3 // 4) = 0 anchor traces
+        distill = distill_dataset.select(range(3))
     with pytest.raises(ValueError, match=match):
         HyTuningTrainer(
             model=trained_model,
-            args=make_args(tmp_path),
+            args=make_args(tmp_path, distill_per_device_batch_size=4 if case == "too_small" else 2),
             train_dataset=train,
             distill_dataset=distill,
             processing_class=trained_tokenizer,
@@ -260,4 +424,4 @@ def test_args_must_be_hytuning_config(tmp_path, trained_model, trained_tokenizer
             train_dataset=train_dataset,
             processing_class=trained_tokenizer,
         )
-    assert isinstance(make_args(tmp_path), HyTuningConfig) and os.path.isdir(tmp_path)
+    assert isinstance(make_args(tmp_path), HyTuningConfig)

@@ -12,14 +12,13 @@ import random
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hytuning_trl import (
     HyTuningConfig,
     HyTuningTrainer,
     InternalFeedbackReward,
     MajorityVoteReward,
-    PRGCallback,
     PRGReward,
     SelfCertaintyReward,
 )
@@ -38,13 +37,15 @@ class StepCount(InternalFeedbackReward):
         return 0.0
 
 
-class Spy(PRGCallback):
+class Spy(TrainerCallback):
+    """Records the mixing state and RD iterator position at the start of training (after a checkpoint is loaded)."""
+
     restored: dict = {}
+    trainer = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        iterator = self.trainer.distill_iterator
-        Spy.restored = {**self.trainer.mixing_state.to_dict(), **(iterator.state_dict() if iterator else {})}
+        iterator = Spy.trainer.distill_iterator
+        Spy.restored = {**Spy.trainer.mixing.state_dict(), **(iterator.state_dict() if iterator else {})}
 
 
 def main():
@@ -143,6 +144,7 @@ def main():
         rollout_func=rollout_func,
         peft_config=peft_config,
     )
+    Spy.trainer = trainer
     seen_traces = []
     iterator = trainer.distill_iterator
     original_next = type(iterator).__next__ if iterator is not None else None
