@@ -32,8 +32,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer
-from hytuning_trl.evaluation import evaluate_mcq, format_mcq_prompt, format_table, load_mcq, write_report
+from hytuning_trl.evaluation import evaluate_mcq
+from hytuning_trl.mcq import format_mcq_prompt, load_mcq
+from hytuning_trl.report import format_table, write_report
 from hytuning_trl.rewards import (
+    AgreementBrierReward,
     AnswerConfidenceReward,
     EntropyReward,
     MajorityVoteReward,
@@ -53,6 +56,7 @@ REWARDS = {
     "prg": PRGReward,
     "prg_gated_confidence": PRGGatedConfidenceReward,
     "majority_vote": MajorityVoteReward,
+    "agreement_brier": AgreementBrierReward,
 }
 
 
@@ -204,6 +208,38 @@ def side_by_side(before_png: str, after_png: str, path: str) -> None:
     plt.close(fig)
 
 
+def mixing_trajectory(log_history: list[dict]) -> list[dict]:
+    """The RD weight and the anchor's gain at every logged step."""
+    keys = ("hytuning/rd_weight", "hytuning/anchor_gain", "hytuning/anchor_gain_ema")
+    return [
+        {"step": h["step"], **{k.split("/")[1]: h[k] for k in keys if k in h}}
+        for h in log_history
+        if "hytuning/rd_weight" in h
+    ]
+
+
+def plot_mixing(trajectory: list[dict], path: str, mixing: str) -> None:
+    """The RD weight over the steps (and the anchor gain that sets it under mixing='prg'), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [t["step"] for t in trajectory]
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.plot(steps, [t["rd_weight"] for t in trajectory], marker="o", label="rd_weight (RD share of the loss)")
+    if any("anchor_gain" in t for t in trajectory):
+        pts = [(t["step"], t["anchor_gain"]) for t in trajectory if "anchor_gain" in t]
+        ax.plot(*zip(*pts), marker="s", linestyle="--", label="anchor gain G (gold answer, held-out traces)")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title(f"Mixing over training (mixing={mixing})")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args: ModelConfig) -> dict:
     state = PartialState()
     start = time.time()
@@ -212,6 +248,15 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    unknown = [name for name in script_args.rewards if name not in REWARDS]
+    if unknown:
+        raise ValueError(f"Unknown --rewards {unknown}; choose from {', '.join(REWARDS)}.")
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(script_args.rewards):
+        raise ValueError(
+            f"--reward_weights has {len(weights)} values for {len(script_args.rewards)} --rewards "
+            f"({', '.join(script_args.rewards)}); give one weight per reward."
+        )
     train_dataset = build_train_dataset(script_args)
     distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args)
     questions = None
@@ -251,6 +296,15 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     trainer.train()
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: every logged metric, hytuning/* included
+    summary["mixing_trajectory"] = mixing_trajectory(trainer.state.log_history)
+    if state.is_main_process and summary["mixing_trajectory"]:
+        weights = ", ".join(f"{t['rd_weight']:.3f}" for t in summary["mixing_trajectory"])
+        print(f"rd_weight by step ({training_args.mixing}): {weights}", flush=True)
+        plot_mixing(
+            summary["mixing_trajectory"],
+            os.path.join(training_args.output_dir, "rd_weight.png"),
+            training_args.mixing,
+        )
     trainer.accelerator.wait_for_everyone()
     del trainer
 

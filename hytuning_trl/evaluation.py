@@ -1,111 +1,33 @@
-"""Multiple-choice evaluation of confidence faithfulness, the eval callback, and the ``hytuning-eval`` command.
+"""Multiple-choice evaluation of confidence faithfulness, and the callback that runs it during training.
 
 For each question the model writes its reasoning (greedy); confidence is the option-renormalised probability of the
 chosen option after the reasoning and the answer trigger (``p_K`` of :mod:`hytuning_trl.prg`); the chosen option is
-the stated one, or the model's forced choice when it states none; correctness comes from the gold label. Input: MedQA's
-jsonl (``question``, ``options`` keyed A-D or A-E, ``answer_idx``), or a ``datasets.Dataset`` / hub dataset with
-the same fields.
-
-    hytuning-eval --model_name_or_path outputs/medqa-hytuning --dataset_name data/heldout.jsonl --output_dir report
+the stated one (the answer contract of :mod:`hytuning_trl.answers`), or the model's forced choice when it states none;
+correctness comes from the gold label. The headline metrics keep forced answers; ``stated_only`` repeats them over
+the stated answers alone. Data: :mod:`hytuning_trl.mcq`; reports: :mod:`hytuning_trl.report`; the command:
+:mod:`hytuning_trl.cli`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from .answers import AnswerExtractor
-from .calibration import calibration_bins, calibration_metrics, reliability_diagram
+from .answers import AnswerExtractor, whitespace_token_ids
+from .calibration import calibration_metrics
+from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER
+from .mcq import load_mcq, render_prompts
 from .scoring import score_rollouts
 
-__all__ = [
-    "CalibrationEvalCallback",
-    "EvalArguments",
-    "MCQEvaluation",
-    "evaluate_mcq",
-    "format_mcq_prompt",
-    "load_mcq",
-    "main",
-    "run_evaluation",
-    "summarise",
-    "write_report",
-]
+__all__ = ["CalibrationEvalCallback", "MCQEvaluation", "evaluate_mcq", "summarise"]
 
-DEFAULT_TRIGGER = "\nThe answer is"
-DEFAULT_PATTERN = r"[Tt]he (?:final )?answer is[:\s]*\(?\s*([A-Za-z0-9][A-Za-z0-9_\-]*)"
-MCQ_INSTRUCTION = (
-    "Think step by step, one short paragraph per step separated by blank lines, then finish with "
-    '"The answer is X." where X is the letter of the best option.'
-)
-
-
-def format_mcq_prompt(question: str, options: dict[str, str]) -> str:
-    """The prompt used for multiple-choice training and evaluation alike."""
-    lines = [f"Question: {question.strip()}", "Options:"]
-    lines += [f"{letter}. {text}" for letter, text in sorted(options.items())]
-    lines.append(MCQ_INSTRUCTION)
-    return "\n".join(lines)
-
-
-def _normalise_row(row: dict, i: int) -> dict:
-    for column in ("question", "options"):
-        if column not in row or row[column] is None:
-            raise ValueError(
-                f"Question {i} has no {column!r} field (fields: {sorted(row)}). Multiple-choice data needs "
-                "'question', 'options' (a dict keyed by letter, or a list) and 'answer_idx' (the gold letter)."
-            )
-    options = row["options"]
-    if isinstance(options, list):
-        if options and isinstance(options[0], dict) and "key" in options[0]:
-            options = {str(o["key"]): str(o["value"]) for o in options}
-        else:
-            options = {chr(ord("A") + j): str(t) for j, t in enumerate(options)}
-    options = {str(k): str(v) for k, v in options.items() if v is not None}
-    gold = row.get("answer_idx")
-    if gold is None and row.get("answer") is not None:
-        answer = str(row["answer"]).strip()
-        gold = answer if answer in options else next((k for k, v in options.items() if v.strip() == answer), None)
-    if isinstance(gold, int):
-        gold = chr(ord("A") + gold)
-    if gold is None or str(gold) not in options:
-        raise ValueError(
-            f"Question {i}: gold answer {gold!r} is not one of its options {sorted(options)}; give 'answer_idx' as an "
-            "option letter (or 'answer' as the option's text)."
-        )
-    return {"question": str(row["question"]), "options": options, "answer_idx": str(gold)}
-
-
-def load_mcq(source: Any, split: str = "test", max_samples: int | None = None) -> list[dict]:
-    """Questions as ``{"question", "options", "answer_idx"}`` from a jsonl path, a ``datasets.Dataset``, a list of
-    dicts, or a hub dataset name (``split`` applies)."""
-    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
-        with open(source) as f:
-            if str(source).endswith(".json"):
-                rows = json.load(f)
-            else:
-                rows = [json.loads(line) for line in f if line.strip()]
-    elif isinstance(source, str):
-        from datasets import load_dataset
-
-        rows = load_dataset(source, split=split)
-    else:
-        rows = source
-    out = []
-    for i, row in enumerate(rows):
-        if max_samples is not None and i >= max_samples:
-            break
-        out.append(_normalise_row(dict(row), i))
-    if not out:
-        raise ValueError(f"No questions in {source!r}.")
-    return out
+DEFAULT_TRIGGER = DEFAULT_ANSWER_TRIGGER
+DEFAULT_PATTERN = DEFAULT_ANSWER_PATTERN
 
 
 @dataclass
@@ -115,21 +37,6 @@ class MCQEvaluation:
     records: list[dict]
     metrics: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def _render_prompts(tokenizer: Any, questions: list[dict], use_chat_template: bool | None) -> list[list[int]]:
-    chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template
-    out = []
-    for q in questions:
-        text = format_mcq_prompt(q["question"], q["options"])
-        if chat:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        else:
-            ids = tokenizer(text)["input_ids"]
-        out.append(list(ids))
-    return out
 
 
 @torch.no_grad()
@@ -179,8 +86,9 @@ def evaluate_mcq(
         answer_options=None,
         special_ids=[tokenizer.eos_token_id, tokenizer.pad_token_id],
     )
+    whitespace = whitespace_token_ids(tokenizer)
     trigger_ids = tokenizer(answer_trigger, add_special_tokens=False)["input_ids"]
-    prompts = _render_prompts(tokenizer, questions, use_chat_template)
+    prompts = render_prompts(tokenizer, questions, use_chat_template)
     device = next(gen_model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = getattr(gen_model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
@@ -222,6 +130,7 @@ def evaluate_mcq(
                 compute_stats=False,
                 pad_token_id=pad,
                 sync_num_batches=sync_num_batches,
+                whitespace_ids=whitespace,
             )
             for q, p, s in zip(batch_q, parsed, stats):
                 p.fill(s)
@@ -256,59 +165,19 @@ def evaluate_mcq(
 
 
 def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
-    """:func:`calibration_metrics` of evaluation records, plus the share of stated answers and the mean PRG."""
+    """:func:`calibration_metrics` over all questions (forced answers included: the headline figures), the share of
+    stated answers, the mean PRG, and the same metrics over the stated answers alone (``stated_only``, ``None`` when
+    no answer was stated)."""
     metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records], n_bins)
     metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
     metrics["mean_prg"] = sum(r["prg"] for r in records) / len(records)
+    stated = [r for r in records if r["stated"]]
+    metrics["stated_only"] = (
+        calibration_metrics([r["confidence"] for r in stated], [r["correct"] for r in stated], n_bins)
+        if stated
+        else None
+    )
     return metrics
-
-
-def format_table(metrics: dict[str, Any], title: str = "") -> str:
-    """A short plain-text table of the metrics."""
-    rows = [
-        ("n", metrics.get("n")),
-        ("accuracy", metrics.get("accuracy")),
-        ("ECE (15 equal-width bins)", metrics.get("ece")),
-        ("ECE (equal-mass bins)", metrics.get("ece_quantile")),
-        ("Brier", metrics.get("brier")),
-        ("AUROC", metrics.get("auroc")),
-        ("AURC", metrics.get("aurc")),
-        ("overconfidence rate", metrics.get("overconfidence_rate")),
-        ("answers stated", metrics.get("stated_rate")),
-    ]
-    lines = [title] if title else []
-    for name, value in rows:
-        shown = "undefined" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        lines.append(f"  {name:<28}{shown:>10}")
-    return "\n".join(lines)
-
-
-def write_report(
-    evaluation: MCQEvaluation, output_dir: str | os.PathLike, title: str | None = None, extra: dict | None = None
-) -> dict[str, str]:
-    """Write ``calibration.json`` (metrics, n, settings, bins), ``predictions.jsonl`` and ``reliability.png``."""
-    os.makedirs(output_dir, exist_ok=True)
-    conf = [r["confidence"] for r in evaluation.records]
-    correct = [r["correct"] for r in evaluation.records]
-    n_bins = evaluation.settings.get("n_bins", 15)
-    report = {
-        "metrics": evaluation.metrics,
-        "n": len(evaluation.records),
-        "settings": {**evaluation.settings, **(extra or {})},
-        "bins": calibration_bins(conf, correct, n_bins),
-    }
-    paths = {
-        "calibration": os.path.join(output_dir, "calibration.json"),
-        "predictions": os.path.join(output_dir, "predictions.jsonl"),
-        "reliability": os.path.join(output_dir, "reliability.png"),
-    }
-    with open(paths["calibration"], "w") as f:
-        json.dump(report, f, indent=2)
-    with open(paths["predictions"], "w") as f:
-        for r in evaluation.records:
-            f.write(json.dumps(r) + "\n")
-    reliability_diagram(conf, correct, paths["reliability"], n_bins=n_bins, title=title)
-    return paths
 
 
 class CalibrationEvalCallback(TrainerCallback):
@@ -370,73 +239,3 @@ class CalibrationEvalCallback(TrainerCallback):
         by_index = dict(tagged)
         records = [by_index[i] for i in sorted(by_index)]
         return summarise(records, self.eval_kwargs.get("n_bins", 15))
-
-
-@dataclass
-class EvalArguments:
-    """Arguments of ``hytuning-eval``."""
-
-    model_name_or_path: str = field(metadata={"help": "Model folder or hub name."})
-    dataset_name: str = field(
-        metadata={"help": "MedQA-style jsonl path, or a hub dataset with question / options / answer_idx."}
-    )
-    output_dir: str = field(
-        default="outputs/eval", metadata={"help": "Where calibration.json and reliability.png go."}
-    )
-    dataset_split: str = field(default="test", metadata={"help": "Split of a hub dataset."})
-    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first this many questions."})
-    batch_size: int = field(default=8, metadata={"help": "Questions per generation batch."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens of reasoning per question."})
-    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside the model folder, if any."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
-    device: str = field(default="cpu", metadata={"help": "Device to run on, e.g. cpu or cuda."})
-    answer_trigger: str = field(default=DEFAULT_TRIGGER, metadata={"help": "Text that asks for the answer."})
-    answer_pattern: str = field(default=DEFAULT_PATTERN, metadata={"help": "Regex of the final-answer statement."})
-    n_bins: int = field(default=15, metadata={"help": "Bins of the ECE and the reliability diagram."})
-    use_chat_template: bool = field(default=True, metadata={"help": "Render prompts with the chat template."})
-
-
-def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Load (unless given), evaluate, write the report and print the table; returns the written paths and metrics."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **load_kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model is None:
-        model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, dtype=getattr(torch, args.dtype), **load_kwargs
-        ).to(args.device)
-    questions = load_mcq(args.dataset_name, args.dataset_split, args.max_samples)
-    result = evaluate_mcq(
-        model,
-        tokenizer,
-        questions,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        answer_trigger=args.answer_trigger,
-        answer_pattern=args.answer_pattern,
-        n_bins=args.n_bins,
-        use_chat_template=args.use_chat_template,
-    )
-    paths = write_report(
-        result, args.output_dir, title=os.path.basename(os.path.normpath(args.model_name_or_path)), extra=asdict(args)
-    )
-    print(format_table(result.metrics, f"Confidence faithfulness of {args.model_name_or_path} on {args.dataset_name}"))
-    print(f"Wrote {paths['calibration']} and {paths['reliability']}")
-    return {"paths": paths, "metrics": result.metrics}
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of ``hytuning-eval``."""
-    from trl import TrlParser
-
-    parser = TrlParser(EvalArguments)
-    (args,) = parser.parse_args_and_config(args=argv if argv is not None else sys.argv[1:])
-    return run_evaluation(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

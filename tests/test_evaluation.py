@@ -1,14 +1,11 @@
 """Multiple-choice evaluation and the hytuning-eval command on a tiny local model."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from datasets import Dataset
 
 from hytuning_trl import evaluate_mcq, load_mcq
-from hytuning_trl.evaluation import main
 
 
 def _write_jsonl(path, mcq):
@@ -31,36 +28,22 @@ def test_evaluate_mcq(trained_model, trained_tokenizer, mcq):
     assert any(r["num_steps"] >= 1 for r in result.records)
 
 
-def test_hytuning_eval_end_to_end(tmp_path, trained_dir, mcq):
-    data = tmp_path / "heldout.jsonl"
-    _write_jsonl(data, mcq[:5])
-    out = tmp_path / "report"
-    res = main(
-        [
-            "--model_name_or_path",
-            trained_dir,
-            "--dataset_name",
-            str(data),
-            "--output_dir",
-            str(out),
-            "--max_new_tokens",
-            "64",
-            "--batch_size",
-            "3",
-        ]
-    )
-    report = json.loads((out / "calibration.json").read_text())
-    assert report["n"] == 5 and set(report["metrics"]) >= {"accuracy", "ece", "brier", "auroc", "aurc"}
-    assert report["settings"]["max_new_tokens"] == 64 and len(report["bins"]) == 15
-    assert res["metrics"]["accuracy"] == report["metrics"]["accuracy"]
-    png = (out / "reliability.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 5
+def test_stated_only_figures(trained_model, trained_tokenizer, mcq):
+    """Headline figures keep forced answers; the stated-only figures are computed over stated answers alone."""
+    from hytuning_trl.calibration import calibration_metrics
+    from hytuning_trl.evaluation import summarise
 
-
-def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "hytuning_trl.evaluation", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--model_name_or_path" in out.stdout
+    records = [
+        {"confidence": 0.9, "correct": True, "stated": True, "prg": 0.1},
+        {"confidence": 0.8, "correct": False, "stated": True, "prg": 0.0},
+        {"confidence": 0.3, "correct": False, "stated": False, "prg": 0.2},
+        {"confidence": 0.6, "correct": True, "stated": True, "prg": -0.1},
+    ]
+    m = summarise(records)
+    assert m["n"] == 4 and m["accuracy"] == 0.5 and m["stated_rate"] == 0.75
+    ref = calibration_metrics([0.9, 0.8, 0.6], [1, 0, 1])
+    assert m["stated_only"]["n"] == 3 and m["stated_only"]["brier"] == pytest.approx(ref["brier"])
+    assert m["stated_only"]["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_bad_mcq_data(tmp_path):

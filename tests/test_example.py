@@ -48,11 +48,15 @@ def test_main_runs_on_tiny_model(example, trained_dir, tmp_path):
             "--eval_batch_size",
             "4",
             "--distill_max_length",
-            "256",
+            "1024",
             "--rewards",
             "self_certainty",
             "prg",
             "majority_vote",
+            "--reward_weights",
+            "0.1",
+            "1.0",
+            "1.0",
         ]
     )
     summary = example.main(*args)
@@ -62,7 +66,12 @@ def test_main_runs_on_tiny_model(example, trained_dir, tmp_path):
         assert report["n"] == 4 and 0 <= report["metrics"]["ece"] <= 1
         assert (out / stage / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "reliability_before_after.png").exists() and (out / "model.safetensors").exists()
-    assert json.loads((out / "calibration_summary.json").read_text())["after"] == summary["after"]
+    saved = json.loads((out / "calibration_summary.json").read_text())
+    assert saved["after"] == summary["after"]
+    # the RD weight over the steps: in the summary and as a figure beside the reliability diagrams
+    assert [t["step"] for t in saved["mixing_trajectory"]] == [1, 2]
+    assert all(0.05 <= t["rd_weight"] <= 0.9 for t in saved["mixing_trajectory"])
+    assert (out / "rd_weight.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_trace_columns(example, tmp_path):
@@ -77,5 +86,6 @@ def test_bad_trace_columns(example, tmp_path):
 def test_recipes_parse(example, recipe):
     path = os.path.join(ROOT, "examples", "recipes", recipe)
     script_args, training_args, model_args = example.parse(["--config", path, "--use_cpu", "true", "--bf16", "false"])
-    assert training_args.mixing in ("prg", "constant", "chord", "rl_only", "rd_only")
+    assert training_args.mixing in ("prg", "prg_gap", "constant", "chord", "rl_only", "rd_only")
+    assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.rewards)
     assert all(name in example.REWARDS for name in script_args.rewards)

@@ -1,0 +1,104 @@
+"""Multiple-choice data: MedQA-style questions, their normalised form, and the prompt used for training and evaluation.
+
+Input: MedQA's jsonl (``question``, ``options`` keyed A-D or A-E, ``answer_idx``), a list of options, an ``answer``
+given as the option's text, a ``datasets.Dataset`` or a hub dataset with the same fields. Every question becomes
+``{"question", "options": {letter: text}, "answer_idx": letter}``; a missing field or a gold answer that is not one
+of the options is a ``ValueError`` naming the question and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "render_prompts"]
+
+MCQ_INSTRUCTION = (
+    "Think step by step, one short paragraph per step separated by blank lines, then finish with "
+    '"The answer is X." where X is the letter of the best option.'
+)
+
+
+def format_mcq_prompt(question: str, options: dict[str, str]) -> str:
+    """The prompt used for multiple-choice training and evaluation alike."""
+    lines = [f"Question: {question.strip()}", "Options:"]
+    lines += [f"{letter}. {text}" for letter, text in sorted(options.items())]
+    lines.append(MCQ_INSTRUCTION)
+    return "\n".join(lines)
+
+
+def _normalise_row(row: dict, i: int) -> dict:
+    for column in ("question", "options"):
+        if column not in row or row[column] is None:
+            raise ValueError(
+                f"Question {i} has no {column!r} field (fields: {sorted(row)}). Multiple-choice data needs "
+                "'question', 'options' (a dict keyed by letter, or a list) and 'answer_idx' (the gold letter)."
+            )
+    options = row["options"]
+    if isinstance(options, list):
+        if options and isinstance(options[0], dict) and "key" in options[0]:
+            options = {str(o["key"]): str(o["value"]) for o in options}
+        else:
+            options = {chr(ord("A") + j): str(t) for j, t in enumerate(options)}
+    options = {str(k): str(v) for k, v in options.items() if v is not None}
+    gold = row.get("answer_idx")
+    if gold is None and row.get("answer") is not None:
+        answer = str(row["answer"]).strip()
+        gold = answer if answer in options else next((k for k, v in options.items() if v.strip() == answer), None)
+    if isinstance(gold, int):
+        gold = chr(ord("A") + gold)
+    if gold is None or str(gold) not in options:
+        raise ValueError(
+            f"Question {i}: gold answer {gold!r} is not one of its options {sorted(options)}; give 'answer_idx' as an "
+            "option letter (or 'answer' as the option's text)."
+        )
+    return {"question": str(row["question"]), "options": options, "answer_idx": str(gold)}
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.endswith((".json", ".jsonl")) or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def load_mcq(source: Any, split: str = "test", max_samples: int | None = None) -> list[dict]:
+    """Questions as ``{"question", "options", "answer_idx"}`` from a jsonl path, a ``datasets.Dataset``, a list of
+    dicts, or a hub dataset name (``split`` applies)."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source) and _looks_like_path(str(source)):
+        raise FileNotFoundError(f"No such question file: {source}")
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+        with open(source) as f:
+            if str(source).endswith(".json"):
+                rows = json.load(f)
+            else:
+                rows = [json.loads(line) for line in f if line.strip()]
+    elif isinstance(source, str):
+        from datasets import load_dataset
+
+        rows = load_dataset(source, split=split)
+    else:
+        rows = source
+    out = []
+    for i, row in enumerate(rows):
+        if max_samples is not None and i >= max_samples:
+            break
+        out.append(_normalise_row(dict(row), i))
+    if not out:
+        raise ValueError(f"No questions in {source!r}.")
+    return out
+
+
+def render_prompts(tokenizer: Any, questions: list[dict], use_chat_template: bool | None) -> list[list[int]]:
+    """Token ids of each question's prompt (:func:`format_mcq_prompt`), through the chat template when the tokenizer
+    has one (unless ``use_chat_template=False``)."""
+    chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template
+    out = []
+    for q in questions:
+        text = format_mcq_prompt(q["question"], q["options"])
+        if chat:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        else:
+            ids = tokenizer(text)["input_ids"]
+        out.append(list(ids))
+    return out

@@ -1,0 +1,67 @@
+"""Reports of a multiple-choice evaluation: ``calibration.json``, ``predictions.jsonl``, ``reliability.png`` and the
+printed table (over all questions, forced answers included, and over the stated answers alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .calibration import calibration_bins, reliability_diagram
+from .evaluation import MCQEvaluation
+
+__all__ = ["format_table", "write_report"]
+
+
+def format_table(metrics: dict[str, Any], title: str = "") -> str:
+    """A short plain-text table of the metrics: over all questions, and over the stated answers alone."""
+    rows = [
+        ("n", "n"),
+        ("accuracy", "accuracy"),
+        ("ECE (15 equal-width bins)", "ece"),
+        ("ECE (equal-mass bins)", "ece_quantile"),
+        ("Brier", "brier"),
+        ("AUROC", "auroc"),
+        ("AURC", "aurc"),
+        ("overconfidence rate", "overconfidence_rate"),
+        ("answers stated", "stated_rate"),
+    ]
+    stated = metrics.get("stated_only") or {}
+
+    def show(value: Any) -> str:
+        return "undefined" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    lines = [title] if title else []
+    lines.append(f"  {'':<28}{'all':>10}{'stated only':>14}")
+    for name, key in rows:
+        other = show(stated.get(key)) if key in stated else ""
+        lines.append(f"  {name:<28}{show(metrics.get(key)):>10}{other:>14}")
+    return "\n".join(lines)
+
+
+def write_report(
+    evaluation: MCQEvaluation, output_dir: str | os.PathLike, title: str | None = None, extra: dict | None = None
+) -> dict[str, str]:
+    """Write ``calibration.json`` (metrics, n, settings, bins), ``predictions.jsonl`` and ``reliability.png``."""
+    os.makedirs(output_dir, exist_ok=True)
+    conf = [r["confidence"] for r in evaluation.records]
+    correct = [r["correct"] for r in evaluation.records]
+    n_bins = evaluation.settings.get("n_bins", 15)
+    report = {
+        "metrics": evaluation.metrics,
+        "n": len(evaluation.records),
+        "settings": {**evaluation.settings, **(extra or {})},
+        "bins": calibration_bins(conf, correct, n_bins),
+    }
+    paths = {
+        "calibration": os.path.join(output_dir, "calibration.json"),
+        "predictions": os.path.join(output_dir, "predictions.jsonl"),
+        "reliability": os.path.join(output_dir, "reliability.png"),
+    }
+    with open(paths["calibration"], "w") as f:
+        json.dump(report, f, indent=2)
+    with open(paths["predictions"], "w") as f:
+        for r in evaluation.records:
+            f.write(json.dumps(r) + "\n")
+    reliability_diagram(conf, correct, paths["reliability"], n_bins=n_bins, title=title)
+    return paths

@@ -1,0 +1,97 @@
+"""The installed console commands, run as a user runs them: exit status and output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(command, *args, timeout=300):
+    exe = os.path.join(BIN, command)
+    assert os.path.exists(exe), f"{command} is not installed next to {sys.executable}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _mcq_rows(mcq, n, reasoning=False):
+    keys = ("question", "options", "answer_idx") + (("reasoning",) if reasoning else ())
+    return [{k: e[k] for k in keys} for e in mcq[:n]]
+
+
+def _assert_clean_failure(out, command, needle):
+    """Bug it catches: a traceback or a silent exit 0 on bad input."""
+    assert out.returncode != 0, out.stdout
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith(f"{command}: error")]
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def test_hytuning_eval_success(tmp_path, trained_dir, mcq):
+    data = _write_jsonl(tmp_path / "heldout.jsonl", _mcq_rows(mcq, 5))
+    out_dir = tmp_path / "report"
+    out = _run(
+        "hytuning-eval",
+        "--model_name_or_path", trained_dir, "--dataset_name", data, "--output_dir", out_dir,
+        "--max_new_tokens", 64, "--batch_size", 3,
+    )  # fmt: skip
+    # Bug it catches: main() returning its result dict, which the console wrapper prints and exits 1 on.
+    assert out.returncode == 0, out.stderr
+    assert "{'" not in out.stdout and "stated only" in out.stdout
+    report = json.loads((out_dir / "calibration.json").read_text())
+    assert report["n"] == 5 and report["settings"]["max_new_tokens"] == 64 and len(report["bins"]) == 15
+    assert report["metrics"]["stated_only"] is None or report["metrics"]["stated_only"]["n"] <= 5
+    assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out_dir / "predictions.jsonl").read_text().splitlines()) == 5
+
+
+def test_hytuning_eval_bad_input(tmp_path, trained_dir, mcq):
+    out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", tmp_path / "missing.jsonl")
+    _assert_clean_failure(out, "hytuning-eval", "missing.jsonl")
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer_idx": "A"}])
+    out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", bad)
+    _assert_clean_failure(out, "hytuning-eval", "'options'")
+
+
+def test_hytuning_prg_success(tmp_path, trained_dir, mcq):
+    traces = _write_jsonl(tmp_path / "traces.jsonl", _mcq_rows(mcq, 6, reasoning=True))
+    out_dir = tmp_path / "prg"
+    out = _run(
+        "hytuning-prg",
+        "--model_name_or_path", trained_dir, "--traces_file", traces, "--output_dir", out_dir, "--n_bootstrap", 50,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "steps_shuffled" in out.stdout and "{'" not in out.stdout
+    report = json.loads((out_dir / "validity.json").read_text())
+    assert [r["corruption"] for r in report["validity"]] == [
+        "steps_shuffled",
+        "steps_from_other_question",
+        "last_step_removed",
+    ]
+    records = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
+    assert len(records) == report["summary"]["n_traces"] and all(len(r["p_gold"]) == r["K"] + 1 for r in records)
+    assert (out_dir / "prg_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [("missing", "missing.jsonl"), ("columns", "'reasoning'"), ("letter", "at least two distinct options")],
+)
+def test_hytuning_prg_bad_input(tmp_path, trained_dir, mcq, case, needle):
+    args = ["--model_name_or_path", trained_dir, "--output_dir", tmp_path / "o"]
+    if case == "missing":
+        args += ["--traces_file", tmp_path / "missing.jsonl"]
+    elif case == "columns":
+        args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", [{"question": "q"}])]
+    else:
+        traces = [{"prompt": "q", "completion": "a.\n\nb.\nThe answer is A."}]
+        args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", traces), "--answer_options", "A"]
+    _assert_clean_failure(_run("hytuning-prg", *args), "hytuning-prg", needle)
