@@ -13,8 +13,11 @@ path continues as if no branch had been inserted, so every query sees exactly wh
 
 The same engine runs the naive reference: rows whose groups are ``None`` are plain causal sequences.
 
-Only the hidden states of the positions that are queried are projected to the vocabulary, in float32 chunks of
-``vocab_chunk_elems`` logits, so no ``(batch, seq, vocab)`` tensor is ever materialised.
+Only the hidden states of the positions that are queried are projected to the vocabulary, tile by tile (at most
+``vocab_chunk_elems`` fp32 logits at a time, each vocabulary slice of the head cast to fp32 once), with the
+reductions (log-sum-exp, entropy, self-certainty, the target's log-probability) accumulated online across slices:
+no ``(batch, seq, vocab)`` tensor, no second tile, and no whole fp32 copy of the head ever exists. Option queries
+are projected on the options' rows of the head alone.
 """
 
 from __future__ import annotations
@@ -22,12 +25,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Row", "RowResult", "build_packed_row", "build_naive_rows", "get_backbone_and_head", "run_rows"]
+__all__ = [
+    "Row",
+    "RowResult",
+    "build_naive_rows",
+    "build_packed_row",
+    "get_backbone_and_head",
+    "lm_head_scaling",
+    "run_rows",
+]
 
 
 @dataclass
@@ -117,24 +129,94 @@ def _plan_batches(rows: Sequence[Row], token_budget: int) -> list[list[int]]:
     return batches
 
 
-def _project(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    chunk_rows: int,
-    softcap: float | None,
-    logit_scale: float,
-) -> list[torch.Tensor]:
-    """fp32 logits of ``hidden`` rows, yielded chunk by chunk."""
-    chunks = []
-    for start in range(0, hidden.size(0), chunk_rows):
-        logits = F.linear(hidden[start : start + chunk_rows].float(), weight, bias)
-        if logit_scale != 1.0:
-            logits = logits * logit_scale
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        chunks.append(logits)
-    return chunks
+def lm_head_scaling(config: Any) -> tuple[float, float | None]:
+    """``(logit_scale, final_logit_softcapping)`` of a model's LM head, read as TRL 1.16's fused LM head reads them
+    (``trl.trainer.utils.add_fused_lm_head``), so the scoring pass and TRL's loss see the same logits::
+
+        z = softcap * tanh(logit_scale * (h W^T + b) / softcap)      (softcap only where the config sets one)
+
+    ``logit_scale`` is the config's ``logit_scale``, else ``output_multiplier``, else ``lm_head_multiplier``
+    (Falcon-H1), else ``1 / logits_scaling`` (Granite, MiniCPM; ``logits_scaling`` itself for HyperCLOVA X), else 1.
+    """
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    scale = getattr(text_config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text_config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text_config, "lm_head_multiplier", None)
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if getattr(text_config, "model_type", None) == "hyperclovax" else 1 / scaling
+    return (1.0 if scale is None else float(scale)), (float(softcap) if softcap else None)
+
+
+@dataclass
+class _Head:
+    """The LM head as the projection uses it: weight (possibly low precision), bias, scale and softcap."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    logit_scale: float
+    softcap: float | None
+
+    @property
+    def vocab(self) -> int:
+        return self.weight.size(0)
+
+    def _finish(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def project(self, hidden32: torch.Tensor, v0: int, v1: int, weight32: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of ``hidden32`` rows over the vocabulary slice ``[v0, v1)`` (``weight32``: that slice, fp32)."""
+        bias = None if self.bias is None else self.bias[v0:v1].float()
+        return self._finish(F.linear(hidden32, weight32, bias))
+
+    def project_ids(self, hidden32: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+        """fp32 logits of ``hidden32`` rows for the vocabulary entries ``ids`` only."""
+        index = torch.tensor(list(ids), dtype=torch.long, device=self.weight.device)
+        bias = None if self.bias is None else self.bias[index].float()
+        return self._finish(F.linear(hidden32, self.weight[index].float(), bias))
+
+
+class _Reductions:
+    """Per-query statistics of the logits, accumulated over vocabulary slices with an online log-sum-exp, so that no
+    more than one tile of logits exists at a time::
+
+        m = max_v z,  s = sum_v e^(z - m),  t = sum_v e^(z - m) z,  u = sum_v z
+        logsumexp = m + log s,   entropy = logsumexp - t / s,   self-certainty = logsumexp - u / V - log V
+    """
+
+    def __init__(self, n: int, device: torch.device):
+        self.m = torch.full((n,), -math.inf, device=device)
+        self.s = torch.zeros(n, device=device)
+        self.t = torch.zeros(n, device=device)
+        self.u = torch.zeros(n, device=device)
+        self.target = torch.zeros(n, device=device)
+
+    def update(self, r0: int, logits: torch.Tensor, targets: torch.Tensor, v0: int) -> None:
+        """Fold the tile ``logits`` (rows ``r0..``, vocabulary ``v0..``) into the statistics."""
+        rows = slice(r0, r0 + logits.size(0))
+        m_old = self.m[rows]
+        m_new = torch.maximum(m_old, logits.max(dim=-1).values)
+        rescale = torch.exp(m_old - m_new)  # 0 on the first slice (m_old = -inf)
+        e = torch.exp(logits - m_new.unsqueeze(-1))
+        self.s[rows] = self.s[rows] * rescale + e.sum(-1)
+        self.t[rows] = self.t[rows] * rescale + torch.bmm(e.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+        del e
+        self.u[rows] += logits.sum(-1)
+        self.m[rows] = m_new
+        local = targets[rows] - v0
+        inside = torch.nonzero((local >= 0) & (local < logits.size(-1))).squeeze(-1)
+        if inside.numel():
+            self.target[r0 + inside] = logits[inside, local[inside]]
+
+    def logsumexp(self) -> torch.Tensor:
+        return self.m + torch.log(self.s)
 
 
 def _head_params(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,6 +224,15 @@ def _head_params(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     if weight is None:
         raise ValueError(f"The LM head {type(head).__name__} has no `weight`; it cannot be projected in chunks.")
     return weight, getattr(head, "bias", None)
+
+
+def _full_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2 DTensor gathered whole (in its own dtype); any other tensor as it is."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return t
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _gather_ctx(weight: torch.Tensor, bias: torch.Tensor | None):
@@ -178,10 +269,7 @@ def run_rows(
     """
     backbone, head = get_backbone_and_head(model)
     weight, bias = _head_params(head)
-    config = unwrap_model(model).config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    softcap = getattr(text_config, "final_logit_softcapping", None)
-    logit_scale = getattr(text_config, "logit_scale", None) or 1.0
+    logit_scale, softcap = lm_head_scaling(unwrap_model(model).config)
     try:
         device = next(backbone.parameters()).device
     except StopIteration:  # pragma: no cover - a model without parameters
@@ -193,10 +281,8 @@ def run_rows(
     results: list[RowResult | None] = [None] * len(rows)
 
     with _gather_ctx(weight, bias):
-        weight32 = weight.float()
-        bias32 = None if bias is None else bias.float()
-        vocab = weight32.size(0)
-        chunk_rows = max(1, vocab_chunk_elems // vocab)
+        weight, bias = _full_tensor(weight), _full_tensor(bias)
+        lm_head = _Head(weight, bias, logit_scale, softcap)
         for b in range(n_forwards):
             if b >= len(batches):
                 dummy = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
@@ -204,9 +290,8 @@ def run_rows(
                 continue
             batch_rows = [rows[i] for i in batches[b]]
             hidden = _forward_batch(backbone, batch_rows, device, dtype, pad_token_id)
-            _score_batch(
-                hidden, batch_rows, batches[b], results, weight32, bias32, chunk_rows, softcap, logit_scale, vocab
-            )
+            _score_batch(hidden, batch_rows, batches[b], results, lm_head, vocab_chunk_elems)
+            del hidden
     return results  # type: ignore[return-value]
 
 
@@ -240,62 +325,60 @@ def _score_batch(
     batch_rows: list[Row],
     indices: list[int],
     results: list[RowResult | None],
-    weight32: torch.Tensor,
-    bias32: torch.Tensor | None,
-    chunk_rows: int,
-    softcap: float | None,
-    logit_scale: float,
-    vocab: int,
+    head: _Head,
+    vocab_chunk_elems: int,
 ) -> None:
-    """Project the queried hidden states chunk by chunk and fill one RowResult per row."""
+    """Project the queried hidden states tile by tile (one tile of at most ``vocab_chunk_elems`` fp32 logits at a
+    time, each vocabulary slice of the head cast to fp32 once) and fill one RowResult per row. Option queries need
+    only the options' logits, so they are projected on those rows of the head alone."""
+    device = hidden.device
     row_idx, pos_idx, targets = [], [], []
-    option_of: dict[int, list[int]] = {}  # query index -> option token ids
+    opt_row, opt_pos = [], []
     for i, r in enumerate(batch_rows):
         for p in r.stat_positions:
-            row_idx.append(i), pos_idx.append(p), targets.append(0)
+            row_idx.append(i), pos_idx.append(p), targets.append(-1)
         for p, t in r.answer_queries:
             row_idx.append(i), pos_idx.append(p), targets.append(t)
         for p in r.option_positions:
-            option_of[len(row_idx)] = r.option_ids or []
-            row_idx.append(i), pos_idx.append(p), targets.append(0)
-    device = hidden.device
-    h = hidden[
-        torch.tensor(row_idx, dtype=torch.long, device=device), torch.tensor(pos_idx, dtype=torch.long, device=device)
-    ]
-    target_t = torch.tensor(targets, dtype=torch.long, device=device)
-    sc_parts, ent_parts, lp_parts = [], [], []
-    option_logits: dict[int, torch.Tensor] = {}
-    log_v = math.log(vocab)
-    for start, logits in zip(
-        range(0, h.size(0), chunk_rows), _project(h, weight32, bias32, chunk_rows, softcap, logit_scale)
-    ):
-        lse = torch.logsumexp(logits, dim=-1)
-        sc_parts.append(lse - logits.mean(dim=-1) - log_v)
-        probs = torch.softmax(logits, dim=-1)
-        # H = lse - sum_v p_v z_v, as a batched dot product (no second vocabulary-sized temporary)
-        ent_parts.append(lse - torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1))
-        del probs
-        targets_chunk = target_t[start : start + logits.size(0)].unsqueeze(-1)
-        lp_parts.append(logits.gather(-1, targets_chunk).squeeze(-1) - lse)
-        for j in range(start, start + logits.size(0)):
-            if j in option_of:
-                option_logits[j] = logits[j - start, option_of[j]].cpu()
-        del logits
-    sc = torch.cat(sc_parts).cpu() if sc_parts else torch.zeros(0)
-    ent = torch.cat(ent_parts).cpu() if ent_parts else torch.zeros(0)
-    lp = torch.cat(lp_parts).cpu() if lp_parts else torch.zeros(0)
-    cursor = 0
+            opt_row.append(i), opt_pos.append(p)
+    n = len(row_idx)
+    vocab = head.vocab
+    red = _Reductions(n, device)
+    if n:
+        h = hidden[torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)].float()
+        target_t = torch.tensor(targets, dtype=torch.long, device=device)
+        width = min(vocab, max(vocab_chunk_elems // n, min(1024, vocab_chunk_elems)))
+        rows_per_tile = max(1, vocab_chunk_elems // width)
+        for v0 in range(0, vocab, width):
+            v1 = min(vocab, v0 + width)
+            weight32 = head.weight[v0:v1].float()  # a view when the head is fp32; a slice-sized copy otherwise
+            for r0 in range(0, n, rows_per_tile):
+                logits = head.project(h[r0 : r0 + rows_per_tile], v0, v1, weight32)
+                red.update(r0, logits, target_t, v0)
+                del logits
+            del weight32
+        lse = red.logsumexp()
+        sc = (lse - red.u / vocab - math.log(vocab)).cpu()
+        ent = (lse - red.t / red.s).cpu()
+        lp = (red.target - lse).cpu()
+    else:
+        sc = ent = lp = torch.zeros(0)
+    option_logits: list[torch.Tensor] = []
+    for i, p in zip(opt_row, opt_pos):
+        ids = batch_rows[i].option_ids or []
+        option_logits.append(head.project_ids(hidden[i, p].float().unsqueeze(0), ids)[0].cpu())
+    cursor = opt_cursor = 0
     for i, r in enumerate(batch_rows):
         n_stat, n_ans, n_opt = len(r.stat_positions), len(r.answer_queries), len(r.option_positions)
-        opt_start = cursor + n_stat + n_ans
-        opts = [option_logits[j] for j in range(opt_start, opt_start + n_opt)]
+        opts = option_logits[opt_cursor : opt_cursor + n_opt]
         results[indices[i]] = RowResult(
             self_certainty=sc[cursor : cursor + n_stat],
             entropy=ent[cursor : cursor + n_stat],
-            answer_logprobs=lp[cursor + n_stat : opt_start],
+            answer_logprobs=lp[cursor + n_stat : cursor + n_stat + n_ans],
             option_logits=torch.stack(opts) if opts else torch.zeros(0, len(r.option_ids or [])),
         )
-        cursor = opt_start + n_opt
+        cursor += n_stat + n_ans
+        opt_cursor += n_opt
 
 
 def build_packed_row(

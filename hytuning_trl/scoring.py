@@ -170,6 +170,12 @@ def _rows(layouts, prompts, completions, compute_stats: bool, packed: bool) -> t
     return rows, owner
 
 
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """How far the packed layout may differ from separate forwards before the mask counts as refused: rounding, not a
+    wrong mask, separates the two in low precision (1e-3 in fp32, 5e-2 in bf16 / fp16)."""
+    return 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
 def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bool:
     """Check once per model that the packed 4D mask gives what separate forwards give (it may raise, or be ignored
     silently by an attention kernel that does not take custom masks)."""
@@ -186,8 +192,9 @@ def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bo
         packed = run([build_packed_row(prompt, completion, cuts, branch, answer, None, True)])[0]
         naive = run(build_naive_rows(prompt, completion, cuts, branch, answer, None, True))
         ref_lp = torch.cat([r.answer_logprobs for r in naive[:-1]])
-        ok = torch.allclose(packed.answer_logprobs, ref_lp, atol=1e-3) and torch.allclose(
-            packed.self_certainty, naive[-1].self_certainty, atol=1e-3
+        tol = probe_tolerance(next((p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32))
+        ok = torch.allclose(packed.answer_logprobs, ref_lp, atol=tol) and torch.allclose(
+            packed.self_certainty, naive[-1].self_certainty, atol=tol
         )
         reason = "its results differ from separate forwards"
     except Exception as exc:  # noqa: BLE001 - any refusal of the mask means: use the reference path
