@@ -85,6 +85,33 @@ def _check_peft_zero3(model: Any, args: HyTuningConfig, peft_config: Any) -> Non
             )
 
 
+def _check_unsupported(args: HyTuningConfig, processing_class: Any, kwargs: dict) -> None:
+    """Refuse, before anything is built, what the scoring pass and the RD head have not been made to handle."""
+    if kwargs.get("tools"):
+        raise ValueError(
+            "HyTuningTrainer does not support `tools`: the scoring pass reads the completion as the model's own "
+            "reasoning, and tool responses inside it would be scored as steps. Use trl.GRPOTrainer for tool use, or "
+            "drop `tools`."
+        )
+    if kwargs.get("environment_factory") is not None:
+        raise ValueError(
+            "HyTuningTrainer does not support `environment_factory` (environment feedback inside completions would "
+            "be scored as reasoning steps). Use trl.GRPOTrainer for environments, or drop `environment_factory`."
+        )
+    if processing_class is not None and hasattr(processing_class, "image_processor"):
+        raise ValueError(
+            "HyTuningTrainer does not support vision inputs: the scoring pass and the RD head run text-only "
+            "forwards. Pass a tokenizer (processing_class=AutoTokenizer.from_pretrained(...)) for a text model."
+        )
+    fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if fsdp:
+        raise ValueError(
+            "HyTuningTrainer does not support FSDP yet: the scoring pass calls the decoder directly, which under "
+            "FSDP2 sees sharded weights. Use DeepSpeed ZeRO-3 (examples/accelerate_configs/deepspeed_zero3.yaml) or "
+            "DDP for multi-GPU training."
+        )
+
+
 def _prg_hook(callbacks: list) -> PRGCallback:
     hooks = [c for c in callbacks if isinstance(c, PRGCallback)]
     if len(hooks) > 1:
@@ -165,6 +192,7 @@ class HyTuningTrainer(GRPOTrainer):
         if anchor_dataset is not None:
             check_distill_dataset(anchor_dataset, args.mixing, name="anchor_dataset")
         _check_peft_zero3(model, args, kwargs.get("peft_config"))
+        _check_unsupported(args, processing_class, kwargs)
         if reward_funcs is None:
             reward_funcs = [SelfCertaintyReward()]
         callbacks = list(callbacks or [])
