@@ -16,7 +16,7 @@ The same engine runs the naive reference: rows whose groups are ``None`` are pla
 Only the hidden states of the positions that are queried are projected to the vocabulary, tile by tile (at most
 ``vocab_chunk_elems`` fp32 logits at a time, each vocabulary slice of the head cast to fp32 once), with the
 reductions (log-sum-exp, entropy, self-certainty, the target's log-probability) accumulated online across slices:
-no ``(batch, seq, vocab)`` tensor, no second tile, and no whole fp32 copy of the head ever exists. Option queries
+no ``(batch, seq, vocab)`` tensor, no second tile of logits, and no whole fp32 copy of the head ever exists. Option queries
 are projected on the options' rows of the head alone.
 """
 
@@ -184,16 +184,16 @@ class _Head:
 
 
 class _Reductions:
-    """Per-query statistics of the logits, accumulated over vocabulary slices with an online log-sum-exp, so that no
-    more than one tile of logits exists at a time::
+    """Per-query statistics of the logits ``z``, accumulated over vocabulary slices so that no more than one tile of
+    logits exists at a time. Per slice ``j``: ``L_j = logsumexp(z_j)`` and ``T_j = sum softmax(z_j) z_j`` (fused
+    kernels); across slices::
 
-        m = max_v z,  s = sum_v e^(z - m),  t = sum_v e^(z - m) z,  u = sum_v z
-        logsumexp = m + log s,   entropy = logsumexp - t / s,   self-certainty = logsumexp - u / V - log V
+        L = logaddexp_j L_j,   T = sum_j e^(L_j - L) T_j   (= sum_v p_v z_v),   U = sum_v z_v
+        entropy = L - T,   self-certainty = L - U / V - log V,   log p(target) = z_target - L
     """
 
     def __init__(self, n: int, device: torch.device):
-        self.m = torch.full((n,), -math.inf, device=device)
-        self.s = torch.zeros(n, device=device)
+        self.lse = torch.full((n,), -math.inf, device=device)
         self.t = torch.zeros(n, device=device)
         self.u = torch.zeros(n, device=device)
         self.target = torch.zeros(n, device=device)
@@ -201,22 +201,25 @@ class _Reductions:
     def update(self, r0: int, logits: torch.Tensor, targets: torch.Tensor, v0: int) -> None:
         """Fold the tile ``logits`` (rows ``r0..``, vocabulary ``v0..``) into the statistics."""
         rows = slice(r0, r0 + logits.size(0))
-        m_old = self.m[rows]
-        m_new = torch.maximum(m_old, logits.max(dim=-1).values)
-        rescale = torch.exp(m_old - m_new)  # 0 on the first slice (m_old = -inf)
-        e = torch.exp(logits - m_new.unsqueeze(-1))
-        self.s[rows] = self.s[rows] * rescale + e.sum(-1)
-        self.t[rows] = self.t[rows] * rescale + torch.bmm(e.unsqueeze(1), logits.unsqueeze(2)).view(-1)
-        del e
-        self.u[rows] += logits.sum(-1)
-        self.m[rows] = m_new
         local = targets[rows] - v0
         inside = torch.nonzero((local >= 0) & (local < logits.size(-1))).squeeze(-1)
         if inside.numel():
             self.target[r0 + inside] = logits[inside, local[inside]]
+        self.u[rows] += logits.sum(-1)
+        lse_tile = torch.logsumexp(logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        t_tile = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+        del probs
+        if v0 == 0:  # the first slice starts the sums
+            self.lse[rows], self.t[rows] = lse_tile, t_tile
+        else:
+            lse_old = self.lse[rows]
+            lse_new = torch.logaddexp(lse_old, lse_tile)
+            self.t[rows] = self.t[rows] * torch.exp(lse_old - lse_new) + t_tile * torch.exp(lse_tile - lse_new)
+            self.lse[rows] = lse_new
 
     def logsumexp(self) -> torch.Tensor:
-        return self.m + torch.log(self.s)
+        return self.lse
 
 
 def _head_params(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -359,7 +362,7 @@ def _score_batch(
             del weight32
         lse = red.logsumexp()
         sc = (lse - red.u / vocab - math.log(vocab)).cpu()
-        ent = (lse - red.t / red.s).cpu()
+        ent = (lse - red.t).cpu()
         lp = (red.target - lse).cpu()
     else:
         sc = ent = lp = torch.zeros(0)
