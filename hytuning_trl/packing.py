@@ -16,8 +16,8 @@ The same engine runs the naive reference: rows whose groups are ``None`` are pla
 Only the hidden states of the positions that are queried are projected to the vocabulary, tile by tile (at most
 ``vocab_chunk_elems`` fp32 logits at a time, each vocabulary slice of the head cast to fp32 once), with the
 reductions (log-sum-exp, entropy, self-certainty, the target's log-probability) accumulated online across slices:
-no ``(batch, seq, vocab)`` tensor, no second tile of logits, and no whole fp32 copy of the head ever exists. Option queries
-are projected on the options' rows of the head alone.
+no ``(batch, seq, vocab)`` tensor, no second tile of logits, and no whole fp32 copy of the head ever exists.
+Option queries are projected on the options' rows of the head alone.
 """
 
 from __future__ import annotations
