@@ -18,6 +18,8 @@ Models trained with this script are research artefacts, not for clinical use.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -34,6 +36,7 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 from hytuning_trl import HyTuningConfig, HyTuningTrainer
 from hytuning_trl.evaluation import evaluate_mcq
 from hytuning_trl.mcq import format_mcq_prompt, load_mcq
+from hytuning_trl.model_card import write_model_card
 from hytuning_trl.report import format_table, write_report
 from hytuning_trl.rewards import (
     AgreementBrierReward,
@@ -80,7 +83,21 @@ class MedQAArguments:
             "--distill_dataset_name."
         },
     )
-    distill_dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset of RD traces."})
+    distill_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset of RD traces, e.g. dmis-lab/meerkat-instructions with --distill_dataset_config "
+            "MedQA-CoT (chat rows are converted by examples/convert_meerkat_medqa_cot.py)."
+        },
+    )
+    distill_dataset_config: str | None = field(default=None, metadata={"help": "Config of --distill_dataset_name."})
+    allow_sample_traces: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow RD on the 24 shipped sample traces (a demonstration: over hundreds of steps each would be "
+            "seen hundreds of times). The CPU default recipe sets it."
+        },
+    )
     distill_split: str = field(default="train", metadata={"help": "Split of --distill_dataset_name."})
     distill_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column of a hub trace dataset."})
     distill_completion_column: str = field(
@@ -93,7 +110,10 @@ class MedQAArguments:
     eval_dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset for the report."})
     eval_split: str = field(default="test", metadata={"help": "Split of --eval_dataset_name."})
     max_eval_samples: int | None = field(default=24, metadata={"help": "Questions in the calibration report."})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "Reasoning tokens per question in the report."})
+    eval_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Reasoning tokens per question in the report (default: max_completion_length)."},
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Questions per generation batch in the report."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after calibration report."})
     eval_before: bool = field(default=True, metadata={"help": "Also report on the model before training."})
@@ -128,9 +148,9 @@ def default_model_path(cache_dir: str | None = None) -> str:
     return target
 
 
-def _rows(path_or_name: str | None, hub_name: str | None, split: str) -> list[dict]:
+def _rows(path_or_name: str | None, hub_name: str | None, split: str, config: str | None = None) -> list[dict]:
     if hub_name:
-        return [dict(r) for r in load_dataset(hub_name, split=split)]
+        return [dict(r) for r in load_dataset(hub_name, config, split=split)]
     with open(path_or_name) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -151,7 +171,26 @@ def build_train_dataset(args: MedQAArguments) -> Dataset:
 
 
 def build_distill_dataset(args: MedQAArguments) -> Dataset:
-    rows = _rows(args.distill_file, args.distill_dataset_name, args.distill_split)
+    sample = os.path.join(DATA, "traces.jsonl")
+    if (
+        not args.distill_dataset_name
+        and os.path.abspath(args.distill_file or "") == sample
+        and not args.allow_sample_traces
+    ):
+        raise ValueError(
+            "The RD traces are the 24 shipped sample traces, a demonstration only. Point --distill_dataset_name / "
+            "--distill_dataset_config (e.g. dmis-lab/meerkat-instructions MedQA-CoT) or --distill_file at real "
+            "traces, or pass --allow_sample_traces true."
+        )
+    rows = _rows(args.distill_file, args.distill_dataset_name, args.distill_split, args.distill_dataset_config)
+    if rows and "messages" in rows[0]:  # chat-format reasoning traces (meerkat-instructions MedQA-CoT layout)
+        if HERE not in sys.path:
+            sys.path.insert(0, HERE)
+        from convert_meerkat_medqa_cot import convert  # beside this script
+
+        rows, skipped = convert(rows)
+        if skipped and PartialState().is_main_process:
+            print(f"Converted {len(rows)} chat-format traces; skipped {skipped} without readable options or answer.")
     out = []
     for i, r in enumerate(rows):
         if "reasoning" in r:  # MedQA-format trace
@@ -176,20 +215,78 @@ def build_distill_dataset(args: MedQAArguments) -> Dataset:
     return Dataset.from_list(out)
 
 
-def evaluate_to(model_path: str, tokenizer, questions, args: MedQAArguments, output_dir: str, title: str, peft=False):
-    """Calibration report of a saved model (main process)."""
-    if peft:
-        from peft import AutoPeftModelForCausalLM
+@contextlib.contextmanager
+def _outside_zero3():
+    """Load a model whole even when the training config registered DeepSpeed ZeRO-3 globally: under it
+    ``from_pretrained`` partitions weights with collectives every process must join, which an evaluation that loads
+    on some processes only would hang on."""
+    from transformers.integrations import deepspeed as hf_ds
 
-        model = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.to(PartialState().device)
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def training_dtype(training_args: HyTuningConfig, model_args: ModelConfig) -> torch.dtype:
+    """The dtype the model trains in, for the evaluation model."""
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    if model_args.dtype not in (None, "auto"):
+        return getattr(torch, model_args.dtype)
+    return torch.float32
+
+
+def evaluate_to(
+    model_path: str,
+    tokenizer,
+    questions,
+    args: MedQAArguments,
+    output_dir: str,
+    title: str,
+    *,
+    dtype: torch.dtype,
+    max_new_tokens: int,
+    peft: bool = False,
+) -> dict | None:
+    """Calibration report of a saved model. Every process loads the model whole (outside ZeRO-3), answers its own
+    shard of the questions, and the records are gathered; the main process writes the report. Returns the metrics
+    on the main process."""
+    from accelerate.utils import gather_object
+
+    from hytuning_trl.evaluation import summarise
+
+    state = PartialState()
+    with _outside_zero3():
+        if peft:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model.to(state.device)
+    mine = list(range(state.process_index, len(questions), state.num_processes))
     result = evaluate_mcq(
-        model, tokenizer, questions, batch_size=args.eval_batch_size, max_new_tokens=args.eval_max_new_tokens
+        model,
+        tokenizer,
+        [questions[i] for i in mine],
+        batch_size=args.eval_batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=state.is_main_process,
     )
-    write_report(result, output_dir, title=title, extra={"model": model_path})
+    tagged = gather_object([(i, r) for i, r in zip(mine, result.records)])
     del model
+    gc.collect()
+    if not state.is_main_process:
+        return None
+    result.records = [r for _, r in sorted(tagged, key=lambda x: x[0])]
+    result.metrics = summarise(result.records)
+    result.settings["processes"] = state.num_processes
+    write_report(result, output_dir, title=title, extra={"model": model_path, "dtype": str(dtype)})
     return result.metrics
 
 
@@ -240,6 +337,18 @@ def plot_mixing(trajectory: list[dict], path: str, mixing: str) -> None:
     plt.close(fig)
 
 
+def release(trainer: HyTuningTrainer) -> None:
+    """Free what the trainer holds (model, optimizer, vLLM engine) before the "after" evaluation loads the model."""
+    engine = getattr(trainer, "vllm_generation", None)
+    if engine is not None and hasattr(engine, "llm"):
+        del engine.llm
+    trainer.accelerator.free_memory()
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args: ModelConfig) -> dict:
     state = PartialState()
     start = time.time()
@@ -265,7 +374,11 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
         questions = load_mcq(source, script_args.eval_split, script_args.max_eval_samples)
 
     summary: dict = {"model": model_path, "mixing": training_args.mixing}
-    if questions and script_args.eval_before and state.is_main_process:
+    eval_kwargs = {
+        "dtype": training_dtype(training_args, model_args),
+        "max_new_tokens": script_args.eval_max_new_tokens or training_args.max_completion_length,
+    }
+    if questions and script_args.eval_before:
         summary["before"] = evaluate_to(
             model_path,
             tokenizer,
@@ -273,8 +386,10 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             script_args,
             os.path.join(training_args.output_dir, "calibration_before"),
             "before training",
+            **eval_kwargs,
         )
-        print(format_table(summary["before"], "Before training"), flush=True)
+        if state.is_main_process:
+            print(format_table(summary["before"], "Before training"), flush=True)
     state.wait_for_everyone()
 
     model_init_kwargs = dict(training_args.model_init_kwargs or {})
@@ -306,9 +421,11 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             training_args.mixing,
         )
     trainer.accelerator.wait_for_everyone()
+    base_model, rd_weights = trainer.base_model_name, [t["rd_weight"] for t in summary["mixing_trajectory"]]
+    release(trainer)  # the trainer, its optimizer and any vLLM engine go before the model is loaded again
     del trainer
 
-    if questions and state.is_main_process:
+    if questions:
         summary["after"] = evaluate_to(
             training_args.output_dir,
             tokenizer,
@@ -317,8 +434,17 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             os.path.join(training_args.output_dir, "calibration_after"),
             f"after training (mixing={training_args.mixing})",
             peft=model_args.use_peft,
+            **eval_kwargs,
         )
-        print(format_table(summary["after"], f"After training (mixing={training_args.mixing})"), flush=True)
+        if state.is_main_process:
+            print(format_table(summary["after"], f"After training (mixing={training_args.mixing})"), flush=True)
+            write_model_card(  # the card again, now with the final calibration figures
+                training_args.output_dir,
+                base_model,
+                training_args.mixing,
+                rd_weight_trajectory=rd_weights,
+                adapter=bool(model_args.use_peft),
+            )
     if questions and script_args.eval_before and state.is_main_process:
         side_by_side(
             os.path.join(training_args.output_dir, "calibration_before", "reliability.png"),
@@ -337,11 +463,20 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
 
 
 def parse(argv: list[str] | None = None):
+    """TRL's parser with the default recipe as the base layer: arguments override it (``--mixing constant`` alone
+    keeps its options and lengths); ``--config`` replaces it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["--config", DEFAULT_RECIPE]
-    elif "--config" not in argv and not torch.cuda.is_available() and "--use_cpu" not in argv:
-        argv += ["--use_cpu", "true", "--bf16", "false"]  # TRL defaults to bf16, which a CPU cannot train in
+    layered = "--config" not in argv
+    if not layered:
+        recipe = argv[argv.index("--config") + 1]
+    else:
+        recipe = DEFAULT_RECIPE
+        base = ["--config", DEFAULT_RECIPE]
+        if torch.cuda.is_available():  # the default recipe is the CPU one; on a GPU, train there
+            base += ["--use_cpu", "false", "--bf16", "true"]
+        argv = base + argv
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Recipe: {recipe}" + (" (base layer; arguments override it)" if layered else ""), flush=True)
     parser = TrlParser((MedQAArguments, HyTuningConfig, ModelConfig))
     return parser.parse_args_and_config(args=argv)
 

@@ -22,6 +22,7 @@ Option queries are projected on the options' rows of the head alone.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -239,7 +240,10 @@ def _full_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _gather_ctx(weight: torch.Tensor, bias: torch.Tensor | None):
-    """Gather a ZeRO-3 partitioned LM head for direct use (TRL's helper; a null context elsewhere)."""
+    """Gather a ZeRO-3 partitioned LM head for direct use (TRL's helper). A head that is not partitioned (a model
+    loaded whole, e.g. for evaluation, while a ZeRO-3 config is registered globally) is used as it is."""
+    if not hasattr(weight, "ds_status"):
+        return contextlib.nullcontext()
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
     return maybe_gather_lm_head_ctx(weight, bias)

@@ -45,6 +45,7 @@ from .distill import (
 )
 from .evaluation import CalibrationEvalCallback
 from .mixing import MixingController, RoundMeans
+from .model_card import write_model_card
 from .rewards import SelfCertaintyReward
 from .scoring import RolloutStats, score_rollouts
 
@@ -141,7 +142,9 @@ class HyTuningTrainer(GRPOTrainer):
     * ``training_step``: at the optimizer-step boundary the mixing controller folds the round means and sets the
       next ``rd_weight``;
     * ``compute_loss``: adds the RD loss of one batch of traces, drawn on every process at every micro-step;
-    * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mixing state in ``hytuning_state.json``.
+    * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mixing state in ``hytuning_state.json``;
+    * ``save_model``: the HyTuning model card (base model, mixing rule, citation, calibration figures when a report
+      is in the folder, the not-for-clinical-use warning) beside the saved model or adapter.
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class, callbacks, **kwargs:
@@ -197,6 +200,9 @@ class HyTuningTrainer(GRPOTrainer):
             reward_funcs = [SelfCertaintyReward()]
         callbacks = list(callbacks or [])
         hook = _prg_hook(callbacks)
+        base_model = (
+            model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        )
 
         super().__init__(
             model,
@@ -209,6 +215,7 @@ class HyTuningTrainer(GRPOTrainer):
             **kwargs,
         )
         self.prg_callback = hook
+        self.base_model_name = base_model or None
         for callback in callbacks:
             if isinstance(callback, CalibrationEvalCallback):
                 callback.bind(self)
@@ -531,6 +538,21 @@ class HyTuningTrainer(GRPOTrainer):
             os.replace(tmp, os.path.join(folder, STATE_FILE))
         with _signals_held():
             super()._save_checkpoint(model, trial)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """TRL's ``save_model`` (full model or PEFT adapter), then the HyTuning model card in the same folder."""
+        super().save_model(output_dir, _internal_call)
+        if _internal_call or not self.is_world_process_zero():
+            return
+        write_model_card(
+            output_dir or self.args.output_dir,
+            self.base_model_name,
+            self.args.mixing,
+            rd_weight_trajectory=[
+                h["hytuning/rd_weight"] for h in self.state.log_history if "hytuning/rd_weight" in h
+            ],
+            adapter=hasattr(self.model, "peft_config"),
+        )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

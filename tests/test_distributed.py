@@ -247,3 +247,36 @@ def test_interrupted_training_leaves_loadable_checkpoint(trained_dir, tmp_path, 
     state = json.loads((last / "hytuning_state.json").read_text())
     trainer_state = json.loads((last / "trainer_state.json").read_text())
     assert state["generation_rounds"] == trainer_state["global_step"]
+
+
+SCRIPT = os.path.join(ROOT, "examples", "train_medqa.py")
+RECIPE = os.path.join(ROOT, "examples", "recipes", "cpu_default.yaml")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("kind", ["ddp", "zero3"])
+def test_example_script_two_processes(trained_dir, tmp_path, kind):
+    """The documented commands, on 2 CPU processes: examples/train_medqa.py end to end with the before and after
+    evaluations sharded across the processes. Bug it catches: the evaluation loading the model on one process while
+    ZeRO-3, registered globally by the config, partitions it with collectives the other process never joins (a hang:
+    the timeout fails the test)."""
+    out = tmp_path / "run"
+    if kind == "ddp":
+        cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_port()), SCRIPT]
+    else:
+        cmd = ["accelerate", "launch", "--config_file", ZERO3, "--main_process_port", str(_port()), SCRIPT]
+    cmd += [
+        "--config", RECIPE, "--model_name_or_path", trained_dir, "--output_dir", str(out), "--max_steps", "1",
+        "--per_device_train_batch_size", "2", "--max_completion_length", "32", "--max_eval_samples", "6",
+        "--eval_batch_size", "2", "--distill_max_length", "1024",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    for stage in ("calibration_before", "calibration_after"):
+        report = json.loads((out / stage / "calibration.json").read_text())
+        assert report["n"] == 6 and report["settings"]["processes"] == 2  # every question, answered by both shards
+        assert report["settings"]["max_new_tokens"] == 32  # the training length
+        assert len((out / stage / "predictions.jsonl").read_text().splitlines()) == 6
+    assert "Not for clinical use" in (out / "README.md").read_text()
+    summary = json.loads((out / "calibration_summary.json").read_text())
+    assert [t["step"] for t in summary["mixing_trajectory"]] == [1]

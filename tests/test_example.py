@@ -66,6 +66,9 @@ def test_main_runs_on_tiny_model(example, trained_dir, tmp_path):
         assert report["n"] == 4 and 0 <= report["metrics"]["ece"] <= 1
         assert (out / stage / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "reliability_before_after.png").exists() and (out / "model.safetensors").exists()
+    card = (out / "README.md").read_text()  # the HyTuning card, with the final figures and the warning
+    assert "Not for clinical use" in card and "2604.08454" in card and "Mixing rule: `prg`" in card
+    assert f"Base model: `{trained_dir}`" in card and "| accuracy |" in card
     saved = json.loads((out / "calibration_summary.json").read_text())
     assert saved["after"] == summary["after"]
     # the RD weight over the steps: in the summary and as a figure beside the reliability diagrams
@@ -82,10 +85,103 @@ def test_bad_trace_columns(example, tmp_path):
         example.build_distill_dataset(script_args)
 
 
-@pytest.mark.parametrize("recipe", sorted(os.listdir(os.path.join(ROOT, "examples", "recipes"))))
-def test_recipes_parse(example, recipe):
+RECIPES = sorted(os.listdir(os.path.join(ROOT, "examples", "recipes")))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipes_parse_and_divide_for_8_processes(example, recipe):
     path = os.path.join(ROOT, "examples", "recipes", recipe)
     script_args, training_args, model_args = example.parse(["--config", path, "--use_cpu", "true", "--bf16", "false"])
     assert training_args.mixing in ("prg", "prg_gap", "constant", "chord", "rl_only", "rd_only")
-    assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.rewards)
     assert all(name in example.REWARDS for name in script_args.rewards)
+    assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.rewards)
+    # TRL: the generation batch (per device x processes x steps per generation) must split into whole groups
+    steps_per_generation = training_args.steps_per_generation or training_args.gradient_accumulation_steps
+    generation_batch = training_args.per_device_train_batch_size * 8 * steps_per_generation
+    assert generation_batch % training_args.num_generations == 0, (recipe, generation_batch)
+    if recipe != "cpu_default.yaml":  # real runs: real traces, bounded checkpoints, a tracker that is installed
+        assert script_args.distill_dataset_name and not script_args.allow_sample_traces
+        assert training_args.save_total_limit and training_args.report_to in ([], ["none"], "none")
+        assert model_args.dtype == "float32" or model_args.use_peft  # fp32 master weights unless LoRA
+
+
+def test_default_recipe_is_the_base_layer(example):
+    """Bug it catches: one argument dropping the whole default recipe (TRL defaults: no options, batch 8)."""
+    script_args, training_args, _ = example.parse(["--mixing", "constant"])
+    assert training_args.mixing == "constant"
+    assert training_args.answer_options == list("ABCD") and training_args.max_completion_length == 128
+    assert training_args.per_device_train_batch_size == 4 and script_args.allow_sample_traces
+    gpu = os.path.join(ROOT, "examples", "recipes", "qwen2.5_1.5b_medqa.yaml")
+    script_args, training_args, _ = example.parse(["--config", gpu, "--use_cpu", "true", "--bf16", "false"])
+    assert training_args.max_completion_length == 768 and not script_args.allow_sample_traces  # --config replaces
+
+
+def test_sample_traces_refused_unless_asked(example, tmp_path):
+    gpu = os.path.join(ROOT, "examples", "recipes", "qwen2.5_1.5b_medqa.yaml")
+    script_args, _, _ = example.parse(["--config", gpu, "--use_cpu", "true", "--bf16", "false"])
+    script_args.distill_dataset_name = None  # as if a user dropped the real traces: the sample is the fallback
+    with pytest.raises(ValueError, match="allow_sample_traces"):
+        example.build_distill_dataset(script_args)
+    script_args.allow_sample_traces = True
+    assert len(example.build_distill_dataset(script_args)) == 24
+
+
+MEERKAT_ROWS = [  # the dmis-lab/meerkat-instructions MedQA-CoT layout: id + system/user/assistant messages
+    {
+        "id": "medqa-cot_0",
+        "messages": [
+            {"role": "system", "content": "The following is a multiple-choice question about medical knowledge."},
+            {
+                "role": "user",
+                "content": "A 7-year-old boy has cola-colored urine two weeks after a sore throat. What is the most "
+                "likely diagnosis? (A) Minimal change disease (B) IgA nephropathy (C) Post-streptococcal "
+                "glomerulonephritis (D) Membranous nephropathy",
+            },
+            {
+                "role": "assistant",
+                "content": "The urine color points to hematuria, a nephritic picture. The two-week latency after a "
+                "throat infection is typical of group A streptococcus. IgA nephropathy follows infection within days. "
+                "Therefore, the answer is (C) Post-streptococcal glomerulonephritis.",
+            },
+        ],
+    },
+    {
+        "id": "medqa-cot_1",
+        "messages": [
+            {"role": "user", "content": "Which vessel? (A) LAD (B) RCA"},
+            {
+                "role": "assistant",
+                "content": "Inferior leads.\n\nThe RCA supplies the inferior wall.\n\nThe answer is B.",
+            },
+        ],
+    },
+    {  # no readable answer: skipped
+        "id": "medqa-cot_2",
+        "messages": [
+            {"role": "user", "content": "Which? (A) x (B) y"},
+            {"role": "assistant", "content": "It could be either one."},
+        ],
+    },
+]
+
+
+def test_meerkat_converter(example, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import convert_meerkat_medqa_cot as conv
+
+    traces, skipped = conv.convert(MEERKAT_ROWS)
+    assert skipped == 1 and [t["answer_idx"] for t in traces] == ["C", "B"]
+    first = traces[0]
+    assert first["question"].endswith("most likely diagnosis?") and first["options"]["C"].startswith("Post-strep")
+    steps = first["reasoning"].split("\n\n")
+    assert len(steps) == 3 and steps[0].startswith("The urine color") and "answer is" not in first["reasoning"]
+    assert traces[1]["reasoning"] == "Inferior leads.\n\nThe RCA supplies the inferior wall."
+    # the command, as a user runs it, on a local copy in that layout
+    src, dst = tmp_path / "medqa-cot.jsonl", tmp_path / "traces.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in MEERKAT_ROWS))
+    assert conv.main(["--input", str(src), "--output", str(dst)]) == 0
+    assert [json.loads(line)["answer_idx"] for line in dst.read_text().splitlines()] == ["C", "B"]
+    # the example reads chat rows directly and turns them into traces that end in the answer statement
+    script_args, _, _ = example.parse(["--distill_file", str(src)])
+    distill = example.build_distill_dataset(script_args)
+    assert len(distill) == 2 and distill[0]["completion"][0]["content"].endswith("The answer is C.")
