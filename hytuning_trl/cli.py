@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,18 +92,22 @@ def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None
     return {"paths": paths, "metrics": result.metrics}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``hytuning-eval``: 0 on success; on bad input one line on stderr and exit status 2."""
+def _command(name: str, arguments: type, run: Callable[[Any], Any], argv: list[str] | None) -> int:
+    """Parse ``argv`` with TRL's parser, run, and turn bad input into one line on stderr and exit status 2."""
     from trl import TrlParser
 
-    parser = TrlParser(EvalArguments)
-    (args,) = parser.parse_args_and_config(args=argv if argv is not None else sys.argv[1:])
+    (args,) = TrlParser(arguments).parse_args_and_config(args=argv if argv is not None else sys.argv[1:])
     try:
-        run_evaluation(args)
+        run(args)
     except (ValueError, OSError, KeyError) as exc:
-        print(f"hytuning-eval: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``hytuning-eval``: 0 on success; on bad input one line on stderr and exit status 2."""
+    return _command("hytuning-eval", EvalArguments, run_evaluation, argv)
 
 
 @dataclass
@@ -166,15 +171,7 @@ def run_prg(args: PRGArguments) -> PRGAnalysis:
 
 def prg_main(argv: list[str] | None = None) -> int:
     """Entry point of ``hytuning-prg``: 0 on success; on bad input one line on stderr and exit status 2."""
-    from trl import TrlParser
-
-    (args,) = TrlParser(PRGArguments).parse_args_and_config(args=argv if argv is not None else sys.argv[1:])
-    try:
-        run_prg(args)
-    except (ValueError, OSError, KeyError) as exc:
-        print(f"hytuning-prg: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _command("hytuning-prg", PRGArguments, run_prg, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ import weakref
 
 import pytest
 import torch
+from conftest import reference_trajectory
 
 from hytuning_trl import score_rollouts
 from hytuning_trl._testing import tiny_model
@@ -40,16 +41,11 @@ def test_tiled_statistics_match_full_logits(model, chunk):
     for s, p, c in zip(stats, prompts, completions):
         sc, ent = _full_logits_stats(model, p, c)
         assert s.self_certainty == pytest.approx(sc, abs=1e-4) and s.entropy == pytest.approx(ent, abs=1e-4)
-    ref = score_rollouts(
-        model,
-        prompts,
-        completions,
-        step_spans=[[(0, 2), (2, 5)], [(0, 3)]],
-        trigger_ids=[7],
-        answer_ids=[[30, 31], [32]],
-    )
-    for a, b in zip(stats, ref):
-        assert a.answer_logprobs == pytest.approx(b.answer_logprobs, abs=1e-5)
+    # the trajectories against plain forwards built by hand
+    steps = [[[10, 11], [12, 13, 14]], [[20, 21, 22]]]
+    for s, p, st, a in zip(stats, prompts, steps, ([30, 31], [32])):
+        ref = reference_trajectory(model, p, st, [7], a, ws=frozenset())
+        assert s.answer_logprobs == pytest.approx(ref, abs=1e-4)
 
 
 def test_one_tile_of_logits_alive_at_a_time(model, monkeypatch):
