@@ -65,24 +65,31 @@ def _grads(trainer, steps):
     return spy.grads
 
 
+def record_draws(trainer) -> list:
+    """Wrap the trainer's RD iterator so that every batch of trace indices it yields is recorded; return the list."""
+    drawn: list = []
+    if trainer.distill_iterator is None:
+        return drawn
+    original = trainer.distill_iterator.__next__
+
+    class Recording:
+        def __next__(self):
+            batch = original()
+            drawn.append(batch)
+            return batch
+
+        def __getattr__(self, name):
+            return getattr(original.__self__, name)
+
+    trainer.distill_iterator = Recording()
+    return drawn
+
+
 def _hy_grads(build_trainer, tokenizer, steps, **overrides):
     trainer = build_trainer(
         reward_funcs=[length_reward], rollout_func=make_rollout_func(tokenizer, POOL), **{**COMMON, **overrides}
     )
-    drawn = []
-    if trainer.distill_iterator is not None:
-        iterator, original = trainer.distill_iterator, trainer.distill_iterator.__next__
-
-        class Recording:
-            def __next__(self):
-                batch = original()
-                drawn.append(batch)
-                return batch
-
-            def __getattr__(self, name):
-                return getattr(iterator, name)
-
-        trainer.distill_iterator = Recording()
+    drawn = record_draws(trainer)
     return _grads(trainer, steps), drawn, trainer
 
 
@@ -179,3 +186,33 @@ def test_rd_only_gradients_do_not_depend_on_beta(build_trainer, trained_model, t
         build_trainer, trained_tokenizer, 1, mixing="rd_only", model=copy.deepcopy(initial), beta=0.5
     )
     _assert_close(with_kl[0], without[0], "rd_only, beta 0.5 vs 0")
+
+
+@pytest.mark.multiprocess
+def test_loss_by_gradients_two_processes(trained_dir, tmp_path):
+    """The same three identities under DDP on 2 processes with gradient accumulation 2: gradients after the
+    all-reduce; the RD reference is each process's hand NLL gradient averaged over the processes."""
+    import os
+    import socket
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("RANK", None)
+    runner = os.path.join(root, "tests", "distributed", "grad_run.py")
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), runner]
+    proc = subprocess.run(
+        [*cmd, "--model", trained_dir, "--out", str(tmp_path)], capture_output=True, text=True, timeout=400, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    saved = torch.load(tmp_path / "grads.pt")
+    assert saved["world_size"] == 2 and all(len(d) == 2 for d in saved["draws"])
+    assert not {i for b in saved["draws"][0] for i in b} & {i for b in saved["draws"][1] for i in b}  # disjoint
+    g = saved["grads"]
+    _assert_close(g["rl_only"], g["plain"], "2 processes: rl_only vs GRPOTrainer")
+    _assert_close(g["rd_only"], saved["ref"], "2 processes: rd_only vs hand NLL")
+    expected = {n: 0.7 * g["plain"][n] + 0.3 * saved["ref"][n] for n in g["plain"]}
+    _assert_close(g["constant"], expected, "2 processes: constant 0.3 vs interpolation")
