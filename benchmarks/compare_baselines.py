@@ -6,10 +6,10 @@
 Settings (all with the self-certainty reward, so that only the mixing differs):
 
 * ``rlif_only``: GRPO on self-certainty alone (INTUITOR-style), no RD;
-* ``rd_only``: RD alone (SFT on the traces), lam = 1;
-* ``constant``: lam = 0.5;
+* ``rd_only``: RD alone (SFT on the traces), rd_weight = 1;
+* ``constant``: rd_weight = 0.5;
 * ``chord``: the CHORD-mu schedule (warm-up to 0.9, cosine decay to 0.05);
-* ``hytuning``: lam from PRG.
+* ``hytuning``: rd_weight from the anchor's gain (mixing v2).
 
 Each setting trains with ``examples/train_medqa.py`` in its own process; arguments after ``--`` go to it unchanged.
 Output, in ``--output_dir``: ``results.md`` and ``results.json`` (accuracy, ECE, Brier, AUROC, AURC, overconfidence
@@ -80,7 +80,7 @@ def curves(output_dir, names):
         prg = [(h["step"], h["hytuning/prg_policy"]) for h in logs if "hytuning/prg_policy" in h]
         if prg:
             ax_prg.plot(*zip(*prg), marker="o", label=name)
-    ax_lam.set_title("RD weight lam per step")
+    ax_lam.set_title("rd_weight per step")
     ax_prg.set_title("policy PRG per step")
     for ax in (ax_lam, ax_prg):
         ax.set_xlabel("step")
