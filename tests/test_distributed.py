@@ -133,6 +133,9 @@ def test_zero3_lora_real_generation(trained_dir, tmp_path):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), tmp_path / "adapter")
     b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert b and any(p.abs().sum() > 0 for p in b)  # the adapter learned something (lora_B starts at zero)
+    card = (tmp_path / "adapter" / "README.md").read_text()  # HyTuning's card, not PEFT's generic one
+    assert "LoRA adapter post-trained with HyTuning" in card and "Not for clinical use" in card
+    assert f"Base model: `{trained_dir}`" in card
 
 
 @pytest.mark.multiprocess
