@@ -126,3 +126,26 @@ def test_packed_probe_tolerance_follows_dtype(tokenizer):
         )
     assert model._hytuning_packed_mask_ok is True
     assert s.answer_logprobs == pytest.approx(ref[0].answer_logprobs, abs=0.1)
+
+
+def test_dtensor_head_is_gathered(tmp_path):
+    """Under FSDP2 the head is a DTensor; the projection uses it whole (a one-process mesh on CPU, gloo)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from hytuning_trl.packing import _full_tensor
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        weight = torch.randn(12, 5)
+        sharded = distribute_tensor(weight, init_device_mesh("cpu", (1,)), [Shard(0)])
+        assert isinstance(sharded, DTensor)
+        whole = _full_tensor(sharded)
+        assert not isinstance(whole, DTensor) and torch.equal(whole, weight)
+        assert _full_tensor(weight) is weight and _full_tensor(None) is None
+    finally:
+        if started:
+            dist.destroy_process_group()
