@@ -1,0 +1,59 @@
+"""The intervals behind the baseline comparison (benchmarks/_bootstrap.py), checked by hand."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+from _bootstrap import metric_difference, paired_bootstrap, two_stage_bootstrap  # noqa: E402
+
+
+def _records(conf, correct):
+    return [{"confidence": c, "correct": y} for c, y in zip(conf, correct)]
+
+
+def test_point_differences_by_hand():
+    a = _records([0.9, 0.6, 0.3, 0.8], [1, 0, 0, 1])
+    b = _records([0.7, 0.2, 0.4, 0.9], [1, 1, 0, 1])
+    assert metric_difference("accuracy", a, b) == pytest.approx(0.75 - 0.5)
+    brier_a = np.mean([0.01, 0.36, 0.09, 0.04])
+    brier_b = np.mean([0.09, 0.64, 0.16, 0.01])
+    assert metric_difference("brier", a, b) == pytest.approx(brier_b - brier_a)
+    with pytest.raises(ValueError, match="same questions"):
+        metric_difference("accuracy", a, b[:3])
+
+
+def test_identical_arms_have_a_zero_interval():
+    """Bug it catches: resampling the two arms with different question indices (an unpaired bootstrap)."""
+    rng = np.random.default_rng(1)
+    a = _records(rng.uniform(0.3, 0.9, 50), rng.integers(0, 2, 50))
+    out = paired_bootstrap("brier", a, a, n_boot=200)
+    assert out["diff"] == 0.0 and out["ci95"] == [0.0, 0.0] and out["n_questions"] == 50
+
+
+def test_interval_covers_a_real_difference_and_excludes_zero():
+    rng = np.random.default_rng(2)
+    correct = rng.integers(0, 2, 400)
+    a = _records(np.full(400, 0.5), correct)  # uninformative confidence
+    b = _records(np.where(correct == 1, 0.8, 0.2), correct)  # confidence that tracks correctness
+    out = paired_bootstrap("brier", a, b, n_boot=500)
+    assert out["diff"] == pytest.approx(0.04 - 0.25)  # Brier 0.04 against 0.25, by hand
+    low, high = out["ci95"]
+    assert low <= out["diff"] <= high and high < 0
+
+
+def test_two_stage_over_seeds():
+    rng = np.random.default_rng(3)
+    seeds_a, seeds_b = [], []
+    for shift in (0.0, 0.1, 0.2):  # the arms differ by a different amount at each seed
+        correct = rng.integers(0, 2, 100)
+        seeds_a.append(_records(np.full(100, 0.5), correct))
+        seeds_b.append(_records(np.clip(np.where(correct == 1, 0.6 + shift, 0.4 - shift), 0, 1), correct))
+    out = two_stage_bootstrap("brier", seeds_a, seeds_b, n_boot=300)
+    by_seed = [metric_difference("brier", a, b) for a, b in zip(seeds_a, seeds_b)]
+    assert out["diff"] == pytest.approx(np.mean(by_seed)) and out["n_seeds"] == 3
+    assert out["ci95"][0] <= out["diff"] <= out["ci95"][1]
+    assert "10 distinct seed resamples" in out["caveat"]  # C(5, 3) multisets of 3 seeds
