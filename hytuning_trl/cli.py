@@ -70,9 +70,9 @@ def load_model(path: str, gguf_file: str | None = None, dtype: str = "float32", 
 
 def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Load (unless given), evaluate, write the report and print the table; returns the written paths and metrics."""
+    questions = load_mcq(args.dataset_name, args.dataset_split, args.max_samples)  # bad data fails before loading
     if model is None or tokenizer is None:
         model, tokenizer = load_model(args.model_name_or_path, args.gguf_file, args.dtype, args.device)
-    questions = load_mcq(args.dataset_name, args.dataset_split, args.max_samples)
     result = evaluate_mcq(
         model,
         tokenizer,
