@@ -233,6 +233,7 @@ class HyTuningTrainer(GRPOTrainer):
 
         self.distill_examples: list[DistillExample] = []
         self.anchor_examples: list[DistillExample] = []
+        self._anchor_parsed: list[ParsedCompletion] = []
         self.distill_iterator: ShardedEndlessIterator | None = None
         if args.mixing != "rl_only":
             tokenize = lambda ds: tokenize_distill_dataset(  # noqa: E731
@@ -388,13 +389,10 @@ class HyTuningTrainer(GRPOTrainer):
         if mode == "train":
             anchor_prg = anchor_gain = None
             round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
-            if self._anchor_parsed_or_none() and round_index % self.args.prg_every == 0:
+            if self._anchor_parsed and round_index % self.args.prg_every == 0:
                 anchor_prg, anchor_gain = self._anchor_round()
             self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
         return output
-
-    def _anchor_parsed_or_none(self) -> list[ParsedCompletion] | None:
-        return getattr(self, "_anchor_parsed", None) or None
 
     def _log_round(self, stats: list[RolloutStats], mode: str) -> float | None:
         """Reduce one round's statistics across processes, log them, and return the policy's global mean PRG over
