@@ -108,6 +108,19 @@ def _plain_grads(tmp_path, model, tokenizer, train_dataset, steps, **overrides):
     return _grads(trainer, steps)
 
 
+def hand_nll_backward(model, examples, pad: int, ga: int) -> None:
+    """Backward of the model's own loss on the traces (labels masked to the completion), divided by ``ga``."""
+    seqs = [e.prompt_ids + e.completion_ids for e in examples]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    labels = ids.clone()
+    for row, e in enumerate(examples):
+        labels[row, : len(e.prompt_ids)] = -100
+    labels[mask == 0] = -100
+    (model(input_ids=ids, attention_mask=mask, labels=labels).loss / ga).backward()
+
+
 def _rd_reference(model, trainer, drawn, steps, ga):
     """The RD gradient by hand: the model's own loss (labels masked to the completion) on each drawn batch, / GA."""
     model = copy.deepcopy(model).train()
@@ -116,16 +129,7 @@ def _rd_reference(model, trainer, drawn, steps, ga):
     for step in range(steps):
         model.zero_grad()
         for indices in drawn[step * ga : (step + 1) * ga]:
-            examples = [trainer.distill_examples[i] for i in indices]
-            seqs = [e.prompt_ids + e.completion_ids for e in examples]
-            width = max(map(len, seqs))
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-            labels = ids.clone()
-            for row, e in enumerate(examples):
-                labels[row, : len(e.prompt_ids)] = -100
-            labels[mask == 0] = -100
-            (model(input_ids=ids, attention_mask=mask, labels=labels).loss / ga).backward()
+            hand_nll_backward(model, [trainer.distill_examples[i] for i in indices], pad, ga)
         out.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
     return out
 

@@ -17,7 +17,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 from conftest import BASE_ARGS  # noqa: E402
-from test_loss_gradients import COMMON, POOL, GradSpy, length_reward, make_rollout_func, record_draws  # noqa: E402
+from test_loss_gradients import (  # noqa: E402
+    COMMON,
+    POOL,
+    GradSpy,
+    hand_nll_backward,
+    length_reward,
+    make_rollout_func,
+    record_draws,
+)
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer  # noqa: E402
 from hytuning_trl._testing import scripted_examples  # noqa: E402
@@ -77,16 +85,7 @@ def main():
     pad = tokenizer.pad_token_id
     assert len(draws) == GA
     for indices in draws:
-        batch = [examples[i] for i in indices]
-        seqs = [e.prompt_ids + e.completion_ids for e in batch]
-        width = max(map(len, seqs))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        labels = ids.clone()
-        for row, e in enumerate(batch):
-            labels[row, : len(e.prompt_ids)] = -100
-        labels[mask == 0] = -100
-        (model(input_ids=ids, attention_mask=mask, labels=labels).loss / GA).backward()
+        hand_nll_backward(model, [examples[i] for i in indices], pad, GA)
     ref = {}
     for n, param in model.named_parameters():
         g = param.grad.detach().clone()
