@@ -142,7 +142,7 @@ def evaluate_mcq(
                         "chosen": chosen,
                         "stated": not s.answer_forced,
                         "correct": chosen == q["answer_idx"],
-                        "confidence": float(min(max(math.exp(s.answer_logprobs[-1]), 0.0), 1.0)),
+                        "confidence": float(min(max(s.answer_confidence, 0.0), 1.0)),
                         "prg": s.prg,
                         "num_steps": s.num_steps,
                         "completion": p.text,

@@ -161,6 +161,18 @@ def prg_score(logprobs: Sequence[float] | torch.Tensor, aggregation: str = "mono
     return float(value)
 
 
+def join_steps(steps: Sequence[Sequence[int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Steps (token lists) joined into one completion, with each step's ``[start, end)`` span in it."""
+    completion: list[int] = []
+    spans = []
+    for step in steps:
+        if len(step) == 0:
+            raise ValueError("A step must hold at least one token.")
+        spans.append((len(completion), len(completion) + len(step)))
+        completion.extend(int(t) for t in step)
+    return completion, spans
+
+
 def answer_logprob_trajectory(
     model: nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -197,17 +209,7 @@ def answer_logprob_trajectory(
     """
     if len(step_ids) != len(prompt_ids):
         raise ValueError(f"Got {len(prompt_ids)} prompts but {len(step_ids)} step lists.")
-    completions, spans = [], []
-    for steps in step_ids:
-        completion: list[int] = []
-        sample_spans = []
-        for step in steps:
-            if len(step) == 0:
-                raise ValueError("A step must hold at least one token.")
-            sample_spans.append((len(completion), len(completion) + len(step)))
-            completion.extend(int(t) for t in step)
-        completions.append(completion)
-        spans.append(sample_spans)
+    completions, spans = map(list, zip(*(join_steps(steps) for steps in step_ids))) if step_ids else ([], [])
     stats = score_rollouts(
         model,
         [list(p) for p in prompt_ids],

@@ -33,7 +33,7 @@ from .calibration import auroc
 from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, PRG_AGGREGATIONS
 from .mcq import load_mcq, render_prompts
 from .mixing import normalised_gain
-from .prg import prg_score
+from .prg import join_steps, prg_score
 from .scoring import score_rollouts
 
 __all__ = [
@@ -133,15 +133,9 @@ class PRGAnalysis:
 
 def _option_trajectories(model, tokenizer, prompts, step_lists, letters, trigger_ids, whitespace, extractor):
     """``(K+1, n_options)`` option probabilities per sample."""
-    completions, spans = [], []
-    for steps in step_lists:
-        ids: list[int] = []
-        sp = []
-        for step in steps:
-            sp.append((len(ids), len(ids) + len(step)))
-            ids += step
-        completions.append(ids)
-        spans.append(sp)
+    if not step_lists:
+        return []
+    completions, spans = zip(*(join_steps(steps) for steps in step_lists))
     stats = score_rollouts(
         model,
         prompts,

@@ -72,13 +72,22 @@ class RolloutStats:
         return math.exp(self.answer_logprobs[-1])
 
     @property
+    def endpoint_probabilities(self) -> tuple[float, float] | None:
+        """``(p_0, p_K)`` with ``p_k = exp(lp_k / answer_num_tokens)`` (the per-token probability in raw mode, the
+        option's probability in options mode); ``None`` without a trajectory."""
+        if not self.answer_logprobs:
+            return None
+        return tuple(math.exp(self.answer_logprobs[i] / self.answer_num_tokens) for i in (0, -1))
+
+    @property
     def gain(self) -> float | None:
         """``G``, the normalised gain of the answer along the reasoning (:func:`hytuning_trl.mixing.normalised_gain`),
         with ``p_k = exp(lp_k / answer_num_tokens)`` (the per-token probability in raw mode); ``None`` without a
         trajectory."""
-        if not self.answer_logprobs:
+        ends = self.endpoint_probabilities
+        if ends is None:
             return None
-        p0, pk = (math.exp(self.answer_logprobs[i] / self.answer_num_tokens) for i in (0, -1))
+        p0, pk = ends
         return normalised_gain(p0, pk)
 
 

@@ -447,8 +447,7 @@ class HyTuningTrainer(GRPOTrainer):
         )
         sums = [0.0] * 6  # G, p_0, p_K, PRG, count, non-finite
         for r in records:
-            p0, pk = (math.exp(r.answer_logprobs[i] / r.answer_num_tokens) for i in (0, -1))
-            values = [r.gain, p0, pk, r.prg]
+            values = [r.gain, *r.endpoint_probabilities, r.prg]
             if all(v is not None and math.isfinite(v) for v in values):
                 sums = [a + b for a, b in zip(sums, [*values, 1.0, 0.0])]
             else:
