@@ -104,3 +104,25 @@ def _multisets(k: int) -> int:
     from math import comb
 
     return comb(2 * k - 1, k)
+
+
+def metric_interval(metric: str, by_seed: Sequence[Records], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean over seeds of ``metric`` and its 95% interval: resample the seeds, then the questions within each drawn
+    seed (one seed: the questions alone)."""
+    if not by_seed:
+        raise ValueError("No seeds to summarise.")
+    rng = np.random.default_rng(seed)
+    fn = METRICS[metric]
+    arrays = [_arrays(r) for r in by_seed]
+    point = float(np.mean([fn(c, y) for c, y in arrays]))
+    draws = []
+    for _ in range(n_boot):
+        per_seed = []
+        for s in rng.integers(0, len(arrays), len(arrays)):
+            c, y = arrays[s]
+            i = rng.integers(0, len(c), len(c))
+            per_seed.append(fn(c[i], y[i]))
+        draws.append(float(np.mean(per_seed)))
+    low, high = _interval(draws)
+    n = len(by_seed[0])
+    return {"metric": metric, "value": point, "ci95": [low, high], "n_seeds": len(arrays), "n_questions": n}

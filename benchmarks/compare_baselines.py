@@ -1,158 +1,714 @@
-"""Does HyTuning do what it claims? Five settings, same model, data, seed and budget, before and after training.
+"""Does HyTuning do what it claims? The arms at several seeds, on one budget, with intervals.
 
-    python benchmarks/compare_baselines.py                      # SmolLM2-135M-Instruct, shipped sample, CPU
-    python benchmarks/compare_baselines.py --max_steps 20 -- --config examples/recipes/qwen2.5_1.5b_medqa.yaml
+    python benchmarks/compare_baselines.py --preset cpu                  # SmolLM2-135M-Instruct, synthetic task
+    python benchmarks/compare_baselines.py --preset cpu --budget_minutes 100 --jobs 2
+    python benchmarks/compare_baselines.py --preset gpu --dry_run        # Qwen2.5-1.5B through its recipe
+    python benchmarks/compare_baselines.py --preset cpu --train_file medqa_train.jsonl \\
+        --eval_file medqa_test.jsonl --traces_file medqa_traces.jsonl -- --model_name_or_path MODEL
 
-Settings (all with the self-certainty reward, so that only the mixing differs):
+Arms (every arm: the same data, rewards, reward weights, steps and seeds; only the mixing differs):
 
-* ``rlif_only``: GRPO on self-certainty alone (INTUITOR-style), no RD;
-* ``rd_only``: RD alone (SFT on the traces), rd_weight = 1;
-* ``constant``: rd_weight = 0.5;
-* ``chord``: the CHORD-mu schedule (warm-up to 0.9, cosine decay to 0.05);
-* ``hytuning``: rd_weight from the anchor's gain (mixing v2).
+* ``rl_only``: GRPO on self-certainty alone (INTUITOR-style), no RD;
+* ``rd_only``: RD alone, rd_weight = 1;
+* ``prg``: HyTuning, mixing v2 (rd_weight from the held-out anchor's normalised gain);
+* ``constant``: rd_weight = the mean rd_weight of the ``prg`` runs (run after them);
+* ``chord``: the CHORD-mu schedule;
+* ``prg_gate``: ``prg`` with per-sample gating of positive advantages (``prg_gate=True``);
+* ``prg_gap``: the turn-1 rule (policy PRG against anchor PRG).
 
-Each setting trains with ``examples/train_medqa.py`` in its own process; arguments after ``--`` go to it unchanged.
-Output, in ``--output_dir``: ``results.md`` and ``results.json`` (accuracy, ECE, Brier, AUROC, AURC, overconfidence
-per setting, and the model before training), ``training_curves.png`` (rd_weight and the policy's PRG per step) and
-``reliability_grid.png`` (every reliability diagram side by side).
+Presets: ``cpu`` (rl_only, rd_only and prg at 3 seeds, the other four at 1), ``cpu-full`` (every arm at 3 seeds) and
+``gpu`` (every arm at 3 seeds, Qwen2.5-1.5B-Instruct through ``examples/recipes/qwen2.5_1.5b_medqa.yaml``, a fixed
+number of steps). On the CPU presets the number of steps is set from measurements taken at the start (one short
+training run for the step time and overhead, the base model's evaluation for the seconds per question) so that the
+whole preset fits ``--budget_minutes``; ``--jobs`` runs that many arms side by side, each with its share of the cores.
+
+Order of work, all under ``--output_dir``:
+
+1. ``data/``: the synthetic task (``synthetic_task.py``) unless files are given; the traces are split once into
+   ``rd_traces.jsonl`` (trained on) and ``anchor_traces.jsonl`` (16, held out), the same for every arm and seed;
+   ``probe.jsonl`` is the first 64 eval questions.
+2. ``validity/``: ``hytuning-prg`` on the gold traces against corrupted ones under the base model (AUROC per
+   corruption with intervals); ``base/``: ``hytuning-eval`` of the base model on the eval questions.
+3. ``plan.json``: the measured step time and the number of steps (kept on a rerun, so resumed runs match).
+4. ``runs/<arm>/seed<k>/``: each run (``examples/train_medqa.py``): final model, ``trainer_state.json`` (the
+   learning curves, the probe every ``probe_steps``), ``calibration_after/`` (the eval report) and ``DONE.json``. A
+   rerun skips every run with ``DONE.json`` and restarts the others from scratch.
+5. ``results.json`` / ``results.md``: per-arm metrics with intervals, the differences against ``rl_only`` and
+   ``rd_only`` (paired bootstrap over questions within a seed; a two-stage bootstrap, seeds then questions, where both
+   arms have several seeds), the three primary comparisons named in advance (:data:`PRIMARY`), the check that the
+   metrics move; ``curves.png`` and ``reliability_grid.png``.
+
+Arguments after ``--`` go to every training run unchanged (e.g. ``--model_name_or_path``, ``--learning_rate``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
+import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.join(ROOT, "examples", "train_medqa.py")
-RECIPE = os.path.join(ROOT, "examples", "recipes", "cpu_default.yaml")
-SETTINGS = {
-    "rlif_only": ["--mixing", "rl_only"],
+GPU_RECIPE = os.path.join(ROOT, "examples", "recipes", "qwen2.5_1.5b_medqa.yaml")
+sys.path.insert(0, HERE)
+
+ARMS: dict[str, list[str]] = {
+    "rl_only": ["--mixing", "rl_only"],
     "rd_only": ["--mixing", "rd_only"],
-    "constant": ["--mixing", "constant", "--rd_weight", "0.5"],
+    "prg": ["--mixing", "prg"],
+    "constant": ["--mixing", "constant"],  # --rd_weight: the prg runs' mean, added when it runs
     "chord": ["--mixing", "chord"],
-    "hytuning": ["--mixing", "prg"],
+    "prg_gate": ["--mixing", "prg", "--prg_gate", "true"],
+    "prg_gap": ["--mixing", "prg_gap"],
 }
-METRICS = ["accuracy", "ece", "ece_quantile", "brier", "auroc", "aurc", "overconfidence_rate", "stated_rate"]
+# Fixed before any run: (arm, reference, metric). Every other interval in the output is exploratory.
+PRIMARY = [("prg", "rl_only", "ece"), ("prg", "rl_only", "brier"), ("prg", "rd_only", "accuracy")]
+METRICS = ["accuracy", "brier", "ece", "auroc"]
+REFERENCES = ["rl_only", "rd_only"]
+_NULL_HUB = ["--dataset_name", "", "--distill_dataset_name", "", "--eval_dataset_name", ""]
+_CPU_TRAINING = [
+    "--max_completion_length", "64",
+    "--per_device_train_batch_size", "8",
+    "--num_generations", "4",
+    "--distill_per_device_batch_size", "4",
+    "--learning_rate", "1e-4",
+    "--prg_every", "2",
+    "--rewards", "self_certainty",
+    "--reward_weights", "1.0",
+    "--eval_batch_size", "32",
+    "--logging_steps", "1",
+    "--save_strategy", "no",
+]  # fmt: skip
 
 
-def run_setting(name, extra, args, out):
-    cmd = [
-        sys.executable,
-        SCRIPT,
-        *(["--config", RECIPE] if "--config" not in extra else []),
-        *extra,
-        *SETTINGS[name],
-        "--output_dir",
-        out,
-        "--max_steps",
-        str(args.max_steps),
-        "--seed",
-        str(args.seed),
-        "--rewards",
-        "self_certainty",
-        "--max_eval_samples",
-        str(args.max_eval_samples),
-        "--eval_before",
-        "true" if name == "rlif_only" else "false",
+@dataclass
+class Preset:
+    """What a preset runs. ``budget_minutes`` None: ``max_steps`` steps, no measurement."""
+
+    seeds: dict[str, int]
+    training: list[str]
+    max_steps: int
+    budget_minutes: float | None = None
+    min_steps: int = 4
+    probe_steps: int = 10
+    jobs: int = 1
+    n_eval: int = 400
+    n_probe: int = 64
+    max_new_tokens: int = 64
+    eval_batch_size: int = 32
+    anchor_size: int = 16
+    model: str | None = None  # None: the example's default (SmolLM2-135M-Instruct, converted once)
+    notes: list[str] = field(default_factory=list)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(
+        seeds={"rl_only": 3, "rd_only": 3, "prg": 3, "constant": 1, "chord": 1, "prg_gate": 1, "prg_gap": 1},
+        training=_CPU_TRAINING,
+        max_steps=40,
+        budget_minutes=120,
+        jobs=2,
+    ),
+    "cpu-full": Preset(
+        seeds={arm: 3 for arm in ARMS}, training=_CPU_TRAINING, max_steps=40, budget_minutes=360, jobs=2
+    ),
+    "gpu": Preset(
+        seeds={arm: 3 for arm in ARMS},
+        training=[
+            "--config",
+            GPU_RECIPE,
+            "--rewards",
+            "self_certainty",
+            "--reward_weights",
+            "1.0",
+            "--max_completion_length",
+            "256",
+            "--prg_every",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--eval_batch_size",
+            "64",
+        ],  # fmt: skip
+        max_steps=300,
+        probe_steps=50,
+        max_new_tokens=256,
+        eval_batch_size=64,
+        model="Qwen/Qwen2.5-1.5B-Instruct",
+    ),
+}
+
+_print_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    with _print_lock:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
+    """The files every run reads; the traces split once into RD and anchor traces (fixed permutation, seed 0)."""
+    data = os.path.join(args.output_dir, "data")
+    os.makedirs(data, exist_ok=True)
+    files = {"train": args.train_file, "eval": args.eval_file, "traces": args.traces_file}
+    if not all(files.values()):
+        import synthetic_task
+
+        splits = synthetic_task.generate(args.data_seed, n_eval=preset.n_eval)
+        for name, key in (("unlabeled", "train"), ("eval", "eval"), ("traces", "traces")):
+            if not files[key]:
+                files[key] = os.path.join(data, f"{name}.jsonl")
+                write_jsonl(files[key], splits[name])
+    for key, path in files.items():
+        if not os.path.exists(path):
+            raise SystemExit(f"--{key}_file {path} does not exist.")
+    traces = read_jsonl(files["traces"])
+    n_anchor = min(preset.anchor_size, len(traces) // 4)
+    if n_anchor < 1:
+        raise SystemExit(f"--traces_file has {len(traces)} traces; the anchor needs at least 4 (one held out).")
+    order = list(range(len(traces)))
+    random.Random(0).shuffle(order)
+    held = set(order[:n_anchor])
+    files["rd_traces"] = os.path.join(data, "rd_traces.jsonl")
+    files["anchor_traces"] = os.path.join(data, "anchor_traces.jsonl")
+    write_jsonl(files["rd_traces"], [t for i, t in enumerate(traces) if i not in held])
+    write_jsonl(files["anchor_traces"], [t for i, t in enumerate(traces) if i in held])
+    eval_rows = read_jsonl(files["eval"])[: args.max_eval_samples or None]
+    files["eval_used"] = os.path.join(data, "eval_used.jsonl")
+    files["n_eval"] = str(len(eval_rows))
+    write_jsonl(files["eval_used"], eval_rows)
+    if args.probe_file:
+        files["probe"] = args.probe_file
+    else:
+        files["probe"] = os.path.join(data, "probe.jsonl")
+        write_jsonl(files["probe"], eval_rows[: preset.n_probe])
+    say(
+        f"data: {len(read_jsonl(files['train']))} unlabeled, {len(traces) - n_anchor} RD traces + {n_anchor} anchor, "
+        f"{len(eval_rows)} eval, {len(read_jsonl(files['probe']))} probe questions"
+    )
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    arm: str
+    seed: int
+    folder: str
+
+    @property
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.folder, "DONE.json"))
+
+
+def plan_runs(preset: Preset, args: argparse.Namespace) -> list[Run]:
+    """prg first (constant needs its mean rd_weight), the references next, constant last."""
+    arms = [a for a in ARMS if a in preset.seeds and (not args.arms or a in args.arms)]
+    arms.sort(key=lambda a: (a != "prg", a not in REFERENCES, a == "constant"))
+    runs = []
+    for arm in arms:
+        n = args.seeds if args.seeds is not None else preset.seeds[arm]
+        runs += [Run(arm, s, os.path.join(args.output_dir, "runs", arm, f"seed{s}")) for s in range(n)]
+    return runs
+
+
+def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], rd_weight: float | None):
+    cmd = [sys.executable, SCRIPT, *preset.training, *_NULL_HUB]
+    cmd += [
+        "--train_file",
+        files["train"],
+        "--distill_file",
+        files["rd_traces"],
+        "--anchor_file",
+        files["anchor_traces"],
     ]
-    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    cmd += ["--eval_file", files["eval_used"], "--max_eval_samples", files["n_eval"], "--eval_before", "false"]
+    cmd += ["--eval_max_new_tokens", str(preset.max_new_tokens), "--allow_sample_traces", "true"]
+    cmd += ["--probe_file", files["probe"], "--probe_steps", str(plan["probe_steps"])]
+    cmd += ["--max_steps", str(plan["max_steps"]), "--seed", str(run.seed), "--output_dir", run.folder]
+    cmd += ARMS[run.arm] + (["--rd_weight", f"{rd_weight:.4f}"] if run.arm == "constant" else [])
+    if preset.model:
+        cmd += ["--model_name_or_path", preset.model]
+    return cmd + extra
+
+
+def thread_env(jobs: int) -> dict:
+    threads = str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def execute(cmd: list[str], log: str, jobs: int) -> float:
+    """Run ``cmd`` with its output in ``log``; raise with the log's tail if it fails. Returns the wall seconds."""
     start = time.time()
-    subprocess.run(cmd, check=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(jobs), cwd=ROOT)
+    if proc.returncode:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); log {log}:\n{tail}")
     return time.time() - start
 
 
-def curves(output_dir, names):
+def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], jobs: int, rd_weight=None) -> None:
+    if run.done:
+        say(f"{run.arm} seed {run.seed}: done before, skipped")
+        return
+    if os.path.exists(run.folder):  # unfinished: start again
+        shutil.rmtree(run.folder)
+    os.makedirs(run.folder)
+    cmd = run_command(run, preset, files, plan, extra, rd_weight)
+    say(f"{run.arm} seed {run.seed}: started")
+    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs)
+    with open(os.path.join(run.folder, "DONE.json"), "w") as f:
+        json.dump({"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd}, f, indent=2)
+    say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s")
+
+
+def log_history(run: Run) -> list[dict]:
+    with open(os.path.join(run.folder, "trainer_state.json")) as f:
+        return json.load(f)["log_history"]
+
+
+def mean_rd_weight(runs: list[Run]) -> float:
+    values = [h["hytuning/rd_weight"] for r in runs for h in log_history(r) if "hytuning/rd_weight" in h]
+    if not values:
+        raise RuntimeError("The prg runs logged no rd_weight; the constant arm has no weight to copy.")
+    return sum(values) / len(values)
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def measure(args, preset: Preset, files: dict, extra: list[str], model: str, calibrate: bool = True) -> dict:
+    """Validity check and base evaluation (both needed anyway), side by side with a short prg training run whose
+    step time and overhead set the number of steps that fit the budget."""
+    out = args.output_dir
+    base, validity, calib = (os.path.join(out, d) for d in ("base", "validity", "_calibration"))
+    tools = [sys.executable, "-c", "import sys; from hytuning_trl.cli import {}; sys.exit({}())"]
+    evaluate = tools[:2] + [tools[2].format("main", "main")]
+    evaluate += ["--model_name_or_path", model, "--dataset_name", files["eval_used"], "--output_dir", base]
+    evaluate += ["--max_new_tokens", str(preset.max_new_tokens), "--batch_size", str(preset.eval_batch_size)]
+    prg = tools[:2] + [tools[2].format("prg_main", "prg_main")]
+    prg += ["--model_name_or_path", model, "--traces_file", files["traces"], "--output_dir", validity]
+    n_calib = args.calibration_steps
+    timing = {"n_eval": len(read_jsonl(files["eval_used"]))}
+
+    def run_eval():
+        if not os.path.exists(os.path.join(base, "calibration.json")):
+            os.makedirs(base, exist_ok=True)
+            timing["base_eval_s"] = execute(evaluate, os.path.join(out, "base_eval.log"), args.jobs)
+            say(f"base model evaluated in {timing['base_eval_s']:.0f} s")
+
+    def run_validity():
+        if not os.path.exists(os.path.join(validity, "validity.json")):
+            os.makedirs(validity, exist_ok=True)
+            timing["validity_s"] = execute(prg, os.path.join(out, "validity.log"), args.jobs)
+            say(f"PRG validity check done in {timing['validity_s']:.0f} s")
+
+    def run_calibration():
+        if not calibrate or preset.budget_minutes is None or args.max_steps:
+            return
+        shutil.rmtree(calib, ignore_errors=True)
+        os.makedirs(calib)
+        plan = {"max_steps": n_calib, "probe_steps": 10**6}
+        cmd = run_command(Run("prg", 0, calib), preset, files, plan, extra, None) + ["--skip_eval", "true"]
+        timing["calibration_s"] = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
+        times = [h["step_time"] for h in log_history(Run("prg", 0, calib)) if "step_time" in h]
+        timing["step_time_s"] = statistics.median(times[1:] or times)
+        timing["run_overhead_s"] = max(timing["calibration_s"] - sum(times), 0.0)
+        say(f"step time {timing['step_time_s']:.1f} s, run overhead {timing['run_overhead_s']:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for f in [pool.submit(run_calibration), pool.submit(run_eval), pool.submit(run_validity)]:
+            f.result()
+    return timing
+
+
+def steps_for_budget(timing: dict, preset: Preset, args, n_runs: int, elapsed_s: float) -> dict:
+    """The most steps (capped at ``max_steps``) whose runs fit what is left of the budget on ``jobs`` lanes::
+
+        per run = overhead + growth * q * n_eval + S * step + floor(S / P) * growth * q * n_probe
+
+    with ``q`` the base evaluation's seconds per question and ``growth`` = 1.3 (the base model stops early; trained
+    models write the whole trace), ``P`` the probe interval (at most S // 2, so a run has a probe inside it)."""
+    if preset.budget_minutes is None or args.max_steps:
+        steps = args.max_steps or preset.max_steps
+        return {"max_steps": steps, "probe_steps": min(preset.probe_steps, max(steps // 2, 1)), "fitted": False}
+    budget = (args.budget_minutes or preset.budget_minutes) * 60
+    per_q = timing["base_eval_s"] / timing["n_eval"] * 1.3
+    lanes = args.jobs * args.safety
+    capacity = (budget - elapsed_s) * lanes
+    best = None
+    for steps in range(preset.max_steps, 0, -1):
+        probe = min(preset.probe_steps, max(steps // 2, 1))
+        per_run = timing["run_overhead_s"] + per_q * timing["n_eval"] + steps * timing["step_time_s"]
+        per_run += (steps // probe) * per_q * preset.n_probe
+        # runs are whole: the slowest lane carries ceil(n_runs / jobs) of them
+        if per_run * math.ceil(n_runs / args.jobs) * args.jobs <= capacity:
+            best = {"max_steps": steps, "probe_steps": probe, "per_run_s": round(per_run, 1)}
+            break
+    if best is None or best["max_steps"] < preset.min_steps:
+        need = n_runs * (
+            timing["run_overhead_s"] + per_q * timing["n_eval"] + preset.min_steps * timing["step_time_s"]
+        )
+        raise SystemExit(
+            f"{n_runs} runs do not fit the budget with {preset.min_steps} steps each (about "
+            f"{(need / lanes + elapsed_s) / 60:.0f} minutes needed on {args.jobs} lanes); raise --budget_minutes, "
+            "lower --max_eval_samples, or run fewer --arms / --seeds."
+        )
+    best.update(fitted=True, budget_s=budget, elapsed_at_plan_s=round(elapsed_s, 1), lanes=args.jobs)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------- analysis
+def records(path: str) -> list[dict]:
+    return read_jsonl(os.path.join(path, "predictions.jsonl"))
+
+
+def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dict:
+    from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
+
+    out = args.output_dir
+    base = records(os.path.join(out, "base"))
+    by_arm: dict[str, dict[int, list[dict]]] = {}
+    for r in runs:
+        by_arm.setdefault(r.arm, {})[r.seed] = records(os.path.join(r.folder, "calibration_after"))
+    for arm, seeds in by_arm.items():
+        for s, recs in seeds.items():
+            if [x["question"] for x in recs] != [x["question"] for x in base]:
+                raise RuntimeError(f"{arm} seed {s} was evaluated on other questions than the base model.")
+    n_boot = args.n_bootstrap
+    table = {"base": {m: metric_interval(m, [base], n_boot) for m in METRICS}}
+    table["base"]["stated_rate"] = sum(x["stated"] for x in base) / len(base)
+    for arm, seeds in by_arm.items():
+        recs = [seeds[s] for s in sorted(seeds)]
+        table[arm] = {m: metric_interval(m, recs, n_boot) for m in METRICS}
+        table[arm]["stated_rate"] = statistics.mean(sum(x["stated"] for x in r) / len(r) for r in recs)
+        table[arm]["seeds"] = sorted(seeds)
+
+    def compare(arm: str, ref: str, metric: str) -> dict:
+        a, b = by_arm[ref], by_arm[arm]
+        common = sorted(set(a) & set(b))
+        if len(common) > 1:
+            res = two_stage_bootstrap(metric, [a[s] for s in common], [b[s] for s in common], n_boot)
+        else:
+            res = paired_bootstrap(metric, a[common[0]], b[common[0]], n_boot)
+            res["n_seeds"] = 1
+        primary = (arm, ref, metric) in PRIMARY
+        return {"arm": arm, "reference": ref, **res, "primary": primary, "excludes_0": _excludes_zero(res)}
+
+    comparisons = []
+    for ref in [r for r in REFERENCES if r in by_arm]:
+        for arm in [a for a in by_arm if a != ref]:
+            comparisons += [compare(arm, ref, m) for m in METRICS]
+    against_base = []
+    for arm, seeds in by_arm.items():
+        recs = [seeds[s] for s in sorted(seeds)]
+        for m in METRICS:
+            if len(recs) > 1:
+                res = two_stage_bootstrap(m, [base] * len(recs), recs, n_boot)
+            else:
+                res = {**paired_bootstrap(m, base, recs[0], n_boot), "n_seeds": 1}
+            against_base.append({"arm": arm, "reference": "base", **res, "excludes_0": _excludes_zero(res)})
+
+    lam = {r.arm + f"/seed{r.seed}": [h["hytuning/rd_weight"] for h in log_history(r) if "hytuning/rd_weight" in h]
+           for r in runs}  # fmt: skip
+    prg_lams = [v for k, vs in lam.items() if k.startswith("prg/") for v in vs]
+    span = (max(prg_lams) - min(prg_lams)) if prg_lams else None
+    rd_moves = [c for c in against_base if c["arm"] == "rd_only" and c["excludes_0"]]
+    move = {
+        "prg_rd_weight_span": span,
+        "rd_only_vs_base_excluding_0": [c["metric"] for c in rd_moves],
+        "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
+    }
+    seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
+    result = {
+        "plan": plan,
+        "timing": timing,
+        "n_questions": len(base),
+        "table": table,
+        "primary": [c for c in comparisons if c["primary"]],
+        "comparisons": comparisons,
+        "against_base": against_base,
+        "metrics_move": move,
+        "run_seconds": seconds,
+        "wall_s": round(time.time() - args.started, 1),
+        "validity": _validity(out),
+        "files": files,
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(result, args))
+    curves(out, runs, base, files)
+    grid(out, runs)
+    return result
+
+
+def _done(run: Run) -> dict:
+    with open(os.path.join(run.folder, "DONE.json")) as f:
+        return json.load(f)
+
+
+def _validity(out: str) -> dict | None:
+    path = os.path.join(out, "validity", "validity.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _excludes_zero(res: dict) -> bool:
+    low, high = res["ci95"]
+    return bool(low == low and high == high and (low > 0 or high < 0))
+
+
+def _fmt(x, digits=3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
+
+
+def _ci(res: dict) -> str:
+    return f"[{_fmt(res['ci95'][0])}, {_fmt(res['ci95'][1])}]"
+
+
+def markdown(result: dict, args) -> str:
+    plan, lines = result["plan"], []
+    lines.append(f"Command: `python benchmarks/compare_baselines.py {' '.join(args.argv)}`\n")
+    lines.append(
+        f"{result['n_questions']} eval questions; {plan['max_steps']} steps per run, probe every "
+        f"{plan['probe_steps']}; wall {result['wall_s'] / 60:.1f} min. Better: accuracy and AUROC up, Brier and ECE "
+        "down. Intervals: 95% bootstrap (questions; seeds then questions for several seeds). With 3 seeds the seed "
+        "stage has only 10 distinct resamples.\n"
+    )
+    lines.append("| arm | seeds | " + " | ".join(METRICS) + " | stated |")
+    lines.append("|---" * (len(METRICS) + 3) + "|")
+    for arm, row in result["table"].items():
+        cells = [f"{_fmt(row[m]['value'])} {_ci(row[m])}" for m in METRICS]
+        seeds, stated = len(row.get("seeds", [0])), _fmt(row["stated_rate"], 2)
+        lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + f" | {stated} |")
+    lines.append("\nPrimary comparisons (fixed in advance; difference = arm - reference):\n")
+    lines += _comparison_table(result["primary"])
+    lines.append("\nAgainst the base model (exploratory):\n")
+    lines += _comparison_table(result["against_base"])
+    lines.append("\nEvery other comparison (exploratory):\n")
+    lines += _comparison_table([c for c in result["comparisons"] if not c["primary"]])
+    move = result["metrics_move"]
+    lines.append(
+        f"\nDo the metrics move? prg rd_weight span {_fmt(move['prg_rd_weight_span'])} (needs >= 0.1); rd_only "
+        f"against base excludes 0 on: {', '.join(move['rd_only_vs_base_excluding_0']) or 'nothing'} -> "
+        f"{'yes' if move['metrics_move'] else 'NO: raise the learning rate or the steps before reading anything'}."
+    )
+    if result["validity"]:
+        lines.append("\nPRG validity under the base model (gold traces against corrupted ones):\n")
+        lines.append("| corruption | n | AUROC | 95% CI |\n|---|---|---|---|")
+        for row in result["validity"]["validity"]:
+            ci = _ci(row) if row.get("ci95") else "n/a"
+            lines.append(f"| {row['corruption']} | {row['n']} | {_fmt(row['auroc'])} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def _comparison_table(rows: list[dict]) -> list[str]:
+    out = ["| arm | reference | metric | difference | 95% CI | seeds | excludes 0 |", "|---|---|---|---|---|---|---|"]
+    for c in rows:
+        out.append(
+            f"| {c['arm']} | {c['reference']} | {c['metric']} | {_fmt(c['diff'])} | {_ci(c)} | {c['n_seeds']} | "
+            f"{'yes' if c['excludes_0'] else 'no'} |"
+        )
+    return out
+
+
+def curves(out: str, runs: list[Run], base: list[dict], files: dict) -> None:
+    """rd_weight and anchor gain per step; probe accuracy and ECE at step 0 (base), at each probe, and at the end (the
+    final evaluation restricted to the probe questions)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_lam, ax_prg) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for name in names:
-        with open(os.path.join(output_dir, name, "trainer_state.json")) as f:
-            logs = [h for h in json.load(f)["log_history"] if "hytuning/rd_weight" in h]
-        steps = [h["step"] for h in logs]
-        ax_lam.plot(steps, [h["hytuning/rd_weight"] for h in logs], marker="o", label=name)
-        prg = [(h["step"], h["hytuning/prg_policy"]) for h in logs if "hytuning/prg_policy" in h]
-        if prg:
-            ax_prg.plot(*zip(*prg), marker="o", label=name)
-    ax_lam.set_title("rd_weight per step")
-    ax_prg.set_title("policy PRG per step")
-    for ax in (ax_lam, ax_prg):
+    from hytuning_trl.calibration import expected_calibration_error
+
+    probe = {q["question"] for q in read_jsonl(files["probe"])}
+
+    def on_probe(recs):
+        sub = [r for r in recs if r["question"] in probe]
+        if not sub:
+            return None, None
+        acc = sum(r["correct"] for r in sub) / len(sub)
+        return acc, expected_calibration_error([r["confidence"] for r in sub], [r["correct"] for r in sub])
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    base_acc, base_ece = on_probe(base)
+    for r in runs:
+        hist, c = log_history(r), colours[r.arm]
+        label = r.arm if r.seed == 0 else None
+        lam = [(h["step"], h["hytuning/rd_weight"]) for h in hist if "hytuning/rd_weight" in h]
+        gain = [(h["step"], h["hytuning/anchor_gain"]) for h in hist if "hytuning/anchor_gain" in h]
+        if lam:
+            axes[0][0].plot(*zip(*lam), color=c, alpha=0.8, label=label)
+        if gain:
+            axes[0][1].plot(*zip(*gain), color=c, marker=".", alpha=0.8, label=label)
+        probes = [(h["step"], h["eval_calibration/accuracy"], h.get("eval_calibration/ece")) for h in hist
+                  if "eval_calibration/accuracy" in h]  # fmt: skip
+        end = on_probe(records(os.path.join(r.folder, "calibration_after")))
+        last = max([h["step"] for h in hist if "step" in h], default=0)
+        pts = [(0, base_acc, base_ece), *probes]
+        if not probes or probes[-1][0] != last:  # a probe at the last step saw the same model on the same questions
+            pts.append((last, *end))
+        axes[1][0].plot([p[0] for p in pts], [p[1] for p in pts], color=c, marker="o", alpha=0.8, label=label)
+        axes[1][1].plot([p[0] for p in pts], [p[2] for p in pts], color=c, marker="o", alpha=0.8, label=label)
+    titles = ["rd_weight", "anchor gain G (held-out traces)", "probe accuracy", "probe ECE"]
+    for ax, title in zip(axes.flat, titles):
+        ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.savefig(os.path.join(output_dir, "training_curves.png"), dpi=120)
+        ax.legend(fontsize=7)
+    fig.savefig(os.path.join(out, "curves.png"), dpi=110)
     plt.close(fig)
 
 
-def grid(output_dir, panels):
+def grid(out: str, runs: list[Run]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 5), constrained_layout=True)
-    for ax, (title, png) in zip(axes, panels):
+    panels = [("base model", os.path.join(out, "base", "reliability.png"))]
+    panels += [(f"{r.arm} (seed 0)", os.path.join(r.folder, "calibration_after", "reliability.png")) for r in runs
+               if r.seed == 0]  # fmt: skip
+    cols = 4
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.5 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, png) in zip(axes.flat, panels):
         ax.imshow(plt.imread(png))
         ax.set_title(title)
-        ax.axis("off")
-    fig.savefig(os.path.join(output_dir, "reliability_grid.png"), dpi=110)
+    fig.savefig(os.path.join(out, "reliability_grid.png"), dpi=100)
     plt.close(fig)
 
 
-def fmt(value):
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def main():
-    argv = sys.argv[1:]
+# ---------------------------------------------------------------------------------------------------------- main
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default="outputs/baselines")
-    p.add_argument("--max_steps", type=int, default=6)
-    p.add_argument("--max_eval_samples", type=int, default=20)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    args = p.parse_args(argv)
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    p.add_argument("--output_dir", default="outputs/compare")
+    p.add_argument("--train_file", help="Unlabeled questions (MedQA jsonl). Default: the synthetic task.")
+    p.add_argument("--eval_file", help="Eval questions with answer_idx. Default: the synthetic task's 400.")
+    p.add_argument("--traces_file", help="Traces with 'reasoning' (RD + anchor). Default: the synthetic task's 64.")
+    p.add_argument("--probe_file", help="Probe questions. Default: the first 64 eval questions.")
+    p.add_argument("--data_seed", type=int, default=0, help="Seed of the synthetic task.")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on the first N eval questions.")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), help="Run only these arms.")
+    p.add_argument("--seeds", type=int, help="Seeds per arm (overrides the preset's).")
+    p.add_argument("--max_steps", type=int, help="Steps per run (skips the budget measurement).")
+    p.add_argument("--budget_minutes", type=float, help="Wall budget of the whole preset (CPU presets).")
+    p.add_argument("--jobs", type=int, help="Runs side by side (default: the preset's).")
+    p.add_argument("--safety", type=float, default=0.9, help="Share of the budget the plan may fill.")
+    p.add_argument("--calibration_steps", type=int, default=3, help="Steps of the step-time measurement.")
+    p.add_argument("--n_bootstrap", type=int, default=2000)
+    p.add_argument("--replan", action="store_true", help="Measure and plan again although plan.json exists.")
+    p.add_argument("--dry_run", action="store_true", help="Print the plan and the commands; run nothing.")
+    args = p.parse_args(own)
+    args.argv = own + (["--", *extra] if extra else [])
+    return args, extra
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args, extra = parse(list(sys.argv[1:] if argv is None else argv))
+    args.started = time.time()
+    preset = PRESETS[args.preset]
+    args.jobs = args.jobs or preset.jobs
     os.makedirs(args.output_dir, exist_ok=True)
-    seconds = {}
-    for name in args.settings:
-        seconds[name] = run_setting(name, extra, args, os.path.join(args.output_dir, name))
+    runs = plan_runs(preset, args)
+    if args.dry_run:
+        files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
+        steps = args.max_steps or preset.max_steps
+        plan = {"max_steps": steps, "probe_steps": min(preset.probe_steps, max(steps // 2, 1))}
+        for r in runs:
+            rd = 0.5 if r.arm == "constant" else None
+            print(f"{r.arm} seed {r.seed}: {' '.join(run_command(r, preset, files, plan, extra, rd)[1:])}")
+        note = "" if preset.budget_minutes is None or args.max_steps else " (set from a measured step time)"
+        print(f"{len(runs)} runs, up to {steps} steps each{note}, {args.jobs} at a time.")
+        return None
+    files = prepare_data(args, preset)
+    model = preset.model or next((extra[i + 1] for i, a in enumerate(extra) if a == "--model_name_or_path"), None)
+    if model is None:
+        sys.path.insert(0, os.path.dirname(SCRIPT))
+        from train_medqa import default_model_path
 
-    def report(name, stage):
-        with open(os.path.join(args.output_dir, name, stage, "calibration.json")) as f:
-            return json.load(f)["metrics"]
+        model = default_model_path()
+    plan_path = os.path.join(args.output_dir, "plan.json")
+    if os.path.exists(plan_path) and not args.replan:
+        with open(plan_path) as f:
+            saved = json.load(f)
+        plan, timing = saved["plan"], saved["timing"]
+        measure(args, preset, files, extra, model, calibrate=False)  # base / validity only if missing
+        say(f"plan.json kept: {plan['max_steps']} steps per run")
+    else:
+        timing = measure(args, preset, files, extra, model)
+        plan = steps_for_budget(timing, preset, args, len(runs), time.time() - args.started)
+        with open(plan_path, "w") as f:
+            json.dump({"plan": plan, "timing": timing, "runs": len(runs)}, f, indent=2)
+        say(
+            f"plan: {len(runs)} runs x {plan['max_steps']} steps (probe every {plan['probe_steps']}), "
+            f"{args.jobs} lanes"
+        )
+    prg_runs = [r for r in runs if r.arm == "prg"]
+    prg_done = threading.Event()
+    if not prg_runs:
+        prg_done.set()
 
-    before_owner = "rlif_only" if "rlif_only" in args.settings else None
-    rows = {}
-    if before_owner:
-        rows["before training"] = report(before_owner, "calibration_before")
-    for name in args.settings:
-        rows[name] = report(name, "calibration_after")
-    lines = [
-        "| setting | " + " | ".join(METRICS) + " | train+eval (s) |",
-        "|---" * (len(METRICS) + 2) + "|",
-    ]
-    for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in METRICS) + f" | {seconds.get(name, 0):.0f} |")
-    table = "\n".join(lines)
-    command = "python benchmarks/compare_baselines.py " + " ".join(sys.argv[1:])
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
-        f.write(f"Command: `{command}`\n\n{table}\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"metrics": rows, "seconds": seconds, "command": command}, f, indent=2)
-    curves(args.output_dir, args.settings)
-    panels = []
-    if before_owner:
-        panels.append(("before", os.path.join(args.output_dir, before_owner, "calibration_before", "reliability.png")))
-    panels += [(n, os.path.join(args.output_dir, n, "calibration_after", "reliability.png")) for n in args.settings]
-    grid(args.output_dir, panels)
-    print(table)
+    def task(run: Run):
+        rd = None
+        if run.arm == "constant":
+            prg_done.wait()
+            rd = mean_rd_weight(prg_runs) if prg_runs else 0.5
+            say(f"constant arm: rd_weight {rd:.4f} (mean of the prg runs)")
+        train(run, preset, files, plan, extra, args.jobs, rd)
+        if prg_runs and all(r.done for r in prg_runs):
+            prg_done.set()
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(task, r): r for r in runs}
+        for fut, r in futures.items():
+            try:
+                fut.result()
+            except Exception as e:  # one failed run must not hide the others' results
+                failed.append(r)
+                prg_done.set()
+                say(f"{r.arm} seed {r.seed} FAILED: {e}")
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed; rerun the same command to redo only those.")
+    result = analyse(args, runs, plan, timing, files)
+    with open(os.path.join(args.output_dir, "results.md")) as f:
+        print(f.read())
+    return result
 
 
 if __name__ == "__main__":

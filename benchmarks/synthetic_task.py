@@ -7,13 +7,14 @@ the gold trace, so that the gold answer's probability can rise step by step (PRG
 * a tens slip in each direction (S + 10, and S - 10, the no-carry slip when the ones carry), ruled out by the tens
   step.
 
-Gold traces (the ``reasoning`` field; the loaders append "The answer is X.")::
+Gold traces (the ``reasoning`` field; the loaders append "The answer is X."), short enough that trace and answer
+fit in 64 tokens of SmolLM2's tokenizer (digits are one token each; at most 62 with the answer)::
 
-    Ones: 7 + 8 = 15, so the ones digit is 5 and we carry 1. That rules out C (84).
+    Ones: 7+8=15, carry 1, not C (84).
 
-    Tens: 4 + 3 + 1 = 8, so the sum is 85. That rules out A (95) and D (75).
+    Tens: 4+3+1=8, not A (95) or D (75).
 
-    So the sum is 85, which is option B.
+    So B (85).
 
 Files (MedQA-style jsonl: ``question``, ``options``, ``answer_idx``; traces add ``reasoning``), deterministic from the
 seed, with no question in two files: ``traces.jsonl`` (64: 48 for RD and 16 held out as the anchor by the trainer),
@@ -44,17 +45,17 @@ def make_question(a: int, b: int, rng: random.Random) -> dict:
     options = {LETTERS[i]: str(values[kind]) for i, kind in enumerate(order)}
     a1, a2, b1, b2 = a % 10, a // 10, b % 10, b // 10
     carry = (a1 + b1) // 10
+    up, down = sorted(["tens_up", "tens_down"], key=lambda kind: letter_of[kind])
     ones_step = (
-        f"Ones: {a1} + {b1} = {a1 + b1}, so the ones digit is {(a1 + b1) % 10}"
-        + (" and we carry 1." if carry else " and we carry nothing.")
-        + f" That rules out {letter_of['ones']} ({values['ones']})."
+        f"Ones: {a1}+{b1}={a1 + b1}, "
+        + ("carry 1" if carry else "no carry")
+        + f", not {letter_of['ones']} ({values['ones']})."
     )
     tens_step = (
-        f"Tens: {a2} + {b2}" + (" + 1" if carry else "") + f" = {a2 + b2 + carry}, so the sum is {s}."
-        f" That rules out {letter_of['tens_up']} ({values['tens_up']}) and {letter_of['tens_down']}"
-        f" ({values['tens_down']})."
+        f"Tens: {a2}+{b2}" + ("+1" if carry else "") + f"={a2 + b2 + carry},"
+        f" not {letter_of[up]} ({values[up]}) or {letter_of[down]} ({values[down]})."
     )
-    conclusion = f"So the sum is {s}, which is option {letter_of['sum']}."
+    conclusion = f"So {letter_of['sum']} ({s})."
     return {
         "question": f"What is {a} + {b}?",
         "options": options,

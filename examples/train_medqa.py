@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer
-from hytuning_trl.evaluation import evaluate_mcq
+from hytuning_trl.evaluation import CalibrationEvalCallback, evaluate_mcq
 from hytuning_trl.mcq import format_mcq_prompt, load_mcq
 from hytuning_trl.model_card import write_model_card
 from hytuning_trl.report import format_table, write_report
@@ -99,6 +99,13 @@ class MedQAArguments:
         },
     )
     distill_split: str = field(default="train", metadata={"help": "Split of --distill_dataset_name."})
+    anchor_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out anchor traces (same formats as --distill_file), never trained on. Default: the trainer "
+            "splits min(anchor_holdout, n // 4) traces off the RD traces with the seed."
+        },
+    )
     distill_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column of a hub trace dataset."})
     distill_completion_column: str = field(
         default="completion", metadata={"help": "Completion column of a hub trace dataset."}
@@ -115,6 +122,11 @@ class MedQAArguments:
         metadata={"help": "Reasoning tokens per question in the report (default: max_completion_length)."},
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Questions per generation batch in the report."})
+    probe_file: str | None = field(
+        default=None,
+        metadata={"help": "Questions (MedQA jsonl) answered every --probe_steps during training: learning curves."},
+    )
+    probe_steps: int = field(default=10, metadata={"help": "Training steps between two probes of --probe_file."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after calibration report."})
     eval_before: bool = field(default=True, metadata={"help": "Also report on the model before training."})
     rewards: list[str] = field(
@@ -183,6 +195,17 @@ def build_distill_dataset(args: MedQAArguments) -> Dataset:
             "traces, or pass --allow_sample_traces true."
         )
     rows = _rows(args.distill_file, args.distill_dataset_name, args.distill_split, args.distill_dataset_config)
+    return traces_dataset(rows, args)
+
+
+def build_anchor_dataset(args: MedQAArguments) -> Dataset | None:
+    """The held-out anchor traces of --anchor_file (None: the trainer splits them off the RD traces)."""
+    return traces_dataset(_rows(args.anchor_file, None, "train"), args) if args.anchor_file else None
+
+
+def traces_dataset(rows: list[dict], args: MedQAArguments) -> Dataset:
+    """Traces as prompt/completion rows: MedQA-format (``reasoning``), chat-format (meerkat) or already
+    prompt/completion."""
     if rows and "messages" in rows[0]:  # chat-format reasoning traces (meerkat-instructions MedQA-CoT layout)
         if HERE not in sys.path:
             sys.path.insert(0, HERE)
@@ -368,6 +391,7 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
         )
     train_dataset = build_train_dataset(script_args)
     distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args)
+    anchor_dataset = None if training_args.mixing == "rl_only" else build_anchor_dataset(script_args)
     questions = None
     if not script_args.skip_eval:
         source = script_args.eval_dataset_name or script_args.eval_file
@@ -398,13 +422,25 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     if model_args.attn_implementation:
         model_init_kwargs["attn_implementation"] = model_args.attn_implementation
     training_args.model_init_kwargs = model_init_kwargs or None
+    callbacks = []
+    if script_args.probe_file:  # learning curves: eval_calibration/* in the training logs every probe_steps
+        callbacks.append(
+            CalibrationEvalCallback(
+                script_args.probe_file,
+                eval_steps=script_args.probe_steps,
+                batch_size=script_args.eval_batch_size,
+                max_new_tokens=eval_kwargs["max_new_tokens"],
+            )
+        )
     trainer = HyTuningTrainer(
         model=model_path,
         reward_funcs=[REWARDS[name]() for name in script_args.rewards],
         args=training_args,
         train_dataset=train_dataset,
         distill_dataset=distill_dataset,
+        anchor_dataset=anchor_dataset,
         processing_class=tokenizer,
+        callbacks=callbacks,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
