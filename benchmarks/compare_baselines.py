@@ -82,7 +82,7 @@ _CPU_TRAINING = [
     "--per_device_train_batch_size", "8",
     "--num_generations", "4",
     "--distill_per_device_batch_size", "4",
-    "--learning_rate", "1e-4",
+    "--learning_rate", "2e-4",
     "--prg_every", "2",
     "--rewards", "self_certainty",
     "--reward_weights", "1.0",
@@ -347,23 +347,32 @@ def measure(args, preset: Preset, files: dict, extra: list[str], model: str, cal
     return timing
 
 
+def probe_interval(steps: int, every: int) -> int:
+    """Probe every ``every`` steps, but at least once inside a short run, and not at its last step when that can be
+    avoided (the final evaluation covers the probe questions there)."""
+    p = min(every, max(steps // 2, 1))
+    while steps % p == 0 and p < steps and steps // p <= 2:
+        p += 1
+    return p
+
+
 def steps_for_budget(timing: dict, preset: Preset, args, n_runs: int, elapsed_s: float) -> dict:
     """The most steps (capped at ``max_steps``) whose runs fit what is left of the budget on ``jobs`` lanes::
 
         per run = overhead + growth * q * n_eval + S * step + floor(S / P) * growth * q * n_probe
 
     with ``q`` the base evaluation's seconds per question and ``growth`` = 1.3 (the base model stops early; trained
-    models write the whole trace), ``P`` the probe interval (at most S // 2, so a run has a probe inside it)."""
+    models write the whole trace), ``P`` the probe interval (:func:`probe_interval`)."""
     if preset.budget_minutes is None or args.max_steps:
         steps = args.max_steps or preset.max_steps
-        return {"max_steps": steps, "probe_steps": min(preset.probe_steps, max(steps // 2, 1)), "fitted": False}
+        return {"max_steps": steps, "probe_steps": probe_interval(steps, preset.probe_steps), "fitted": False}
     budget = (args.budget_minutes or preset.budget_minutes) * 60
     per_q = timing["base_eval_s"] / timing["n_eval"] * 1.3
     lanes = args.jobs * args.safety
     capacity = (budget - elapsed_s) * lanes
     best = None
     for steps in range(preset.max_steps, 0, -1):
-        probe = min(preset.probe_steps, max(steps // 2, 1))
+        probe = probe_interval(steps, preset.probe_steps)
         per_run = timing["run_overhead_s"] + per_q * timing["n_eval"] + steps * timing["step_time_s"]
         per_run += (steps // probe) * per_q * preset.n_probe
         # runs are whole: the slowest lane carries ceil(n_runs / jobs) of them
@@ -648,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.dry_run:
         files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
         steps = args.max_steps or preset.max_steps
-        plan = {"max_steps": steps, "probe_steps": min(preset.probe_steps, max(steps // 2, 1))}
+        plan = {"max_steps": steps, "probe_steps": probe_interval(steps, preset.probe_steps)}
         for r in runs:
             rd = 0.5 if r.arm == "constant" else None
             print(f"{r.arm} seed {r.seed}: {' '.join(run_command(r, preset, files, plan, extra, rd)[1:])}")

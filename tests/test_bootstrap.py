@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from _bootstrap import metric_difference, paired_bootstrap, two_stage_bootstrap  # noqa: E402
+from _bootstrap import metric_difference, metric_interval, paired_bootstrap, two_stage_bootstrap  # noqa: E402
 
 
 def _records(conf, correct):
@@ -57,3 +57,16 @@ def test_two_stage_over_seeds():
     assert out["diff"] == pytest.approx(np.mean(by_seed)) and out["n_seeds"] == 3
     assert out["ci95"][0] <= out["diff"] <= out["ci95"][1]
     assert "10 distinct seed resamples" in out["caveat"]  # C(5, 3) multisets of 3 seeds
+
+
+def test_metric_interval_has_a_seed_stage():
+    """Three seeds at accuracy 0.2, 0.5 and 0.8 (100 questions each): the mean is 0.5 and, because a resample can
+    draw the same seed three times (1/27 of the time), the interval must reach far toward 0.2 and 0.8. Bug it
+    catches: resampling questions only (that interval is about 0.5 +- 0.06)."""
+    seeds = [_records(np.full(100, 0.5), np.arange(100) < k) for k in (20, 50, 80)]
+    out = metric_interval("accuracy", seeds, n_boot=1000)
+    assert out["value"] == pytest.approx(0.5) and out["n_seeds"] == 3 and out["n_questions"] == 100
+    assert out["ci95"][0] < 0.35 and out["ci95"][1] > 0.65
+    one = metric_interval("brier", seeds[:1], n_boot=300)
+    assert one["value"] == pytest.approx(0.25)  # confidence 0.5 everywhere: Brier 0.25 whatever the answers
+    assert one["ci95"] == [pytest.approx(0.25), pytest.approx(0.25)]

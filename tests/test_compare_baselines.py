@@ -1,0 +1,128 @@
+"""benchmarks/compare_baselines.py: the presets' arms and seeds, the step budget worked by hand, and a real end-to-end
+run of four arms at two seeds on the tiny model (every run a real examples/train_medqa.py process), with the intervals
+checked against the predictions files and the resume checked by rerunning it."""
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import compare_baselines as cb  # noqa: E402
+
+
+def _dry(capsys, *argv):
+    cb.main(["--dry_run", "--output_dir", "unused", *argv])
+    lines = capsys.readouterr().out.strip().splitlines()
+    runs = [line.split(":")[0] for line in lines[:-1]]
+    return runs, lines
+
+
+def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
+    runs, lines = _dry(capsys, "--preset", "cpu")
+    counts = {}
+    for r in runs:
+        counts[r.split(" seed")[0]] = counts.get(r.split(" seed")[0], 0) + 1
+    assert counts == {"prg": 3, "rl_only": 3, "rd_only": 3, "chord": 1, "prg_gate": 1, "prg_gap": 1, "constant": 1}
+    assert runs[0].startswith("prg") and runs[-1] == "constant seed 0"  # constant copies the prg runs' weight
+    assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
+    assert "set from a measured step time" in lines[-1]
+    full, _ = _dry(capsys, "--preset", "cpu-full")
+    assert len(full) == 21 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
+    gpu, gpu_lines = _dry(capsys, "--preset", "gpu")
+    assert len(gpu) == 21
+    assert all(cb.GPU_RECIPE in line and "Qwen/Qwen2.5-1.5B-Instruct" in line for line in gpu_lines[:-1])
+    assert "--max_steps 300" in gpu_lines[0] and "measured" not in gpu_lines[-1]
+
+
+def test_steps_fit_the_budget_worked_by_hand():
+    """4 runs on 2 lanes (2 runs per lane), 20 minutes: per run <= 600 s. Eval 100 questions at 1 s (x 1.3 growth
+    = 130 s), overhead 10 s, step 10 s, probe of 64 questions every 10 steps (83.2 s each).
+    S = 30: 140 + 300 + 3 * 83.2 = 689.6 > 600; S = 29: 140 + 290 + 2 * 83.2 = 596.4 <= 600."""
+    args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "20", "--safety", "1.0", "--jobs", "2"])
+    timing = {"n_eval": 100, "base_eval_s": 100.0, "run_overhead_s": 10.0, "step_time_s": 10.0}
+    plan = cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
+    assert plan["max_steps"] == 29 and plan["probe_steps"] == 10
+    assert plan["per_run_s"] == pytest.approx(596.4)
+    args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "3", "--jobs", "2"])
+    with pytest.raises(SystemExit, match="raise --budget_minutes"):
+        cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
+
+
+def _predictions(folder):
+    with open(os.path.join(folder, "predictions.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
+    out = str(tmp_path / "compare")
+    argv = ["--preset", "cpu", "--arms", "rl_only", "rd_only", "prg", "constant", "--seeds", "2", "--max_steps", "2"]
+    argv += ["--max_eval_samples", "12", "--n_bootstrap", "200", "--jobs", "2", "--output_dir", out]
+    argv += ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "24", "--eval_max_new_tokens", "24"]
+    argv += ["--learning_rate", "1e-3"]
+    result = cb.main(argv)
+    capsys.readouterr()
+
+    # the same RD / anchor split for every run, disjoint, 16 of the 64 traces held out
+    data = os.path.join(out, "data")
+    rd, anchor = (cb.read_jsonl(os.path.join(data, f)) for f in ("rd_traces.jsonl", "anchor_traces.jsonl"))
+    assert len(rd) == 48 and len(anchor) == 16
+    assert not {q["question"] for q in rd} & {q["question"] for q in anchor}
+    commands = {}
+    for arm in ("rl_only", "rd_only", "prg", "constant"):
+        for seed in (0, 1):
+            with open(os.path.join(out, "runs", arm, f"seed{seed}", "DONE.json")) as f:
+                commands[arm, seed] = json.load(f)["command"]
+    for cmd in commands.values():
+        assert cmd[cmd.index("--anchor_file") + 1] == os.path.join(data, "anchor_traces.jsonl")
+        assert cmd[cmd.index("--distill_file") + 1] == os.path.join(data, "rd_traces.jsonl")
+
+    # constant copies the prg runs' mean rd_weight, read here from their logs
+    lams = []
+    for seed in (0, 1):
+        with open(os.path.join(out, "runs", "prg", f"seed{seed}", "trainer_state.json")) as f:
+            lams += [h["hytuning/rd_weight"] for h in json.load(f)["log_history"] if "hytuning/rd_weight" in h]
+    cmd = commands["constant", 0]
+    assert float(cmd[cmd.index("--rd_weight") + 1]) == pytest.approx(sum(lams) / len(lams), abs=1e-4)
+
+    # the table and the differences, recomputed from the predictions files
+    base = _predictions(os.path.join(out, "base"))
+    assert len(base) == 12 and result["n_questions"] == 12
+    assert result["table"]["base"]["accuracy"]["value"] == pytest.approx(sum(r["correct"] for r in base) / 12)
+
+    def acc(arm, seed):
+        recs = _predictions(os.path.join(out, "runs", arm, f"seed{seed}", "calibration_after"))
+        assert [r["question"] for r in recs] == [r["question"] for r in base]
+        return sum(r["correct"] for r in recs) / len(recs)
+
+    primary = {(c["arm"], c["reference"], c["metric"]): c for c in result["primary"]}
+    assert set(primary) == set(cb.PRIMARY)
+    by_hand = sum(acc("prg", s) - acc("rd_only", s) for s in (0, 1)) / 2
+    assert primary["prg", "rd_only", "accuracy"]["diff"] == pytest.approx(by_hand)
+    assert primary["prg", "rd_only", "accuracy"]["n_seeds"] == 2
+    for c in result["comparisons"] + result["against_base"]:
+        low, high = c["ci95"]
+        assert c["excludes_0"] == (low > 0 or high < 0)
+    assert result["metrics_move"]["prg_rd_weight_span"] is not None
+    for name in ("results.md", "curves.png", "reliability_grid.png", "plan.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    with open(os.path.join(out, "results.md")) as f:
+        text = f.read()
+    assert "Primary comparisons" in text and "PRG validity" in text
+
+    # resume: finished runs are skipped; an unfinished one (no DONE.json) starts again from scratch
+    folder = os.path.join(out, "runs", "rd_only", "seed1")
+    stamps = {k: os.path.getmtime(os.path.join(out, "runs", k[0], f"seed{k[1]}", "DONE.json")) for k in commands}
+    os.remove(os.path.join(folder, "DONE.json"))
+    with open(os.path.join(folder, "stale.txt"), "w") as f:
+        f.write("left by an interrupted run")
+    cb.main(argv)
+    log = capsys.readouterr().out
+    assert log.count("done before, skipped") == 7 and "rd_only seed 1: started" in log
+    assert not os.path.exists(os.path.join(folder, "stale.txt")) and os.path.exists(os.path.join(folder, "DONE.json"))
+    for key, stamp in stamps.items():
+        if key != ("rd_only", 1):
+            assert os.path.getmtime(os.path.join(out, "runs", key[0], f"seed{key[1]}", "DONE.json")) == stamp
