@@ -333,13 +333,19 @@ def measure(args, preset: Preset, files: dict, extra: list[str], model: str, cal
             return
         shutil.rmtree(calib, ignore_errors=True)
         os.makedirs(calib)
-        plan = {"max_steps": n_calib, "probe_steps": 10**6}
+        plan = {"max_steps": n_calib, "probe_steps": n_calib}  # one probe at the end: a trained model's eval time
         cmd = run_command(Run("prg", 0, calib), preset, files, plan, extra, None) + ["--skip_eval", "true"]
         timing["calibration_s"] = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
-        times = [h["step_time"] for h in log_history(Run("prg", 0, calib)) if "step_time" in h]
+        history = log_history(Run("prg", 0, calib))
+        times = [h["step_time"] for h in history if "step_time" in h]
+        probe_s = sum(h.get("eval_calibration/seconds", 0.0) for h in history)
         timing["step_time_s"] = statistics.median(times[1:] or times)
-        timing["run_overhead_s"] = max(timing["calibration_s"] - sum(times), 0.0)
-        say(f"step time {timing['step_time_s']:.1f} s, run overhead {timing['run_overhead_s']:.0f} s")
+        timing["probe_s_per_question"] = probe_s / len(read_jsonl(files["probe"]))
+        timing["run_overhead_s"] = max(timing["calibration_s"] - sum(times) - probe_s, 0.0)
+        say(
+            f"step time {timing['step_time_s']:.1f} s, run overhead {timing['run_overhead_s']:.0f} s, evaluation "
+            f"{timing['probe_s_per_question']:.2f} s per question after {n_calib} steps"
+        )
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for f in [pool.submit(run_calibration), pool.submit(run_eval), pool.submit(run_validity)]:
@@ -359,15 +365,16 @@ def probe_interval(steps: int, every: int) -> int:
 def steps_for_budget(timing: dict, preset: Preset, args, n_runs: int, elapsed_s: float) -> dict:
     """The most steps (capped at ``max_steps``) whose runs fit what is left of the budget on ``jobs`` lanes::
 
-        per run = overhead + growth * q * n_eval + S * step + floor(S / P) * growth * q * n_probe
+        per run = overhead + q * n_eval + S * step + floor(S / P) * q * n_probe
 
-    with ``q`` the base evaluation's seconds per question and ``growth`` = 1.3 (the base model stops early; trained
-    models write the whole trace), ``P`` the probe interval (:func:`probe_interval`)."""
+    with ``q`` the seconds per evaluated question: 1.15 x the larger of the base model's and the calibration run's
+    (after a few steps; a base model that stops early, e.g. by copying "The answer is X.", evaluates much faster than
+    one that writes the whole trace), ``P`` the probe interval (:func:`probe_interval`)."""
     if preset.budget_minutes is None or args.max_steps:
         steps = args.max_steps or preset.max_steps
         return {"max_steps": steps, "probe_steps": probe_interval(steps, preset.probe_steps), "fitted": False}
     budget = (args.budget_minutes or preset.budget_minutes) * 60
-    per_q = timing["base_eval_s"] / timing["n_eval"] * 1.3
+    per_q = 1.15 * max(timing["base_eval_s"] / timing["n_eval"], timing.get("probe_s_per_question", 0.0))
     lanes = args.jobs * args.safety
     capacity = (budget - elapsed_s) * lanes
     best = None

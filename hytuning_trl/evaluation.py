@@ -11,6 +11,7 @@ the stated answers alone. Data: :mod:`hytuning_trl.mcq`; reports: :mod:`hytuning
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,7 +207,9 @@ class CalibrationEvalCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer is None or state.global_step % self._every(args) != 0:
             return
+        start = time.perf_counter()
         metrics = self.evaluate()
+        metrics["seconds"] = time.perf_counter() - start  # what the probe costs, to budget runs by
         self.history.append({"step": state.global_step, **metrics})
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and value is not None:

@@ -39,14 +39,17 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
 
 
 def test_steps_fit_the_budget_worked_by_hand():
-    """4 runs on 2 lanes (2 runs per lane), 20 minutes: per run <= 600 s. Eval 100 questions at 1 s (x 1.3 growth
-    = 130 s), overhead 10 s, step 10 s, probe of 64 questions every 10 steps (83.2 s each).
-    S = 30: 140 + 300 + 3 * 83.2 = 689.6 > 600; S = 29: 140 + 290 + 2 * 83.2 = 596.4 <= 600."""
+    """4 runs on 2 lanes (2 runs per lane), 20 minutes: per run <= 600 s. A question costs 1.15 x max(base 0.5 s,
+    after the calibration steps 1.2 s) = 1.38 s: eval of 100 questions 138 s, a probe of 64 questions 88.32 s;
+    overhead 10 s, step 10 s, probe every 10 steps.
+    S = 30: 148 + 300 + 3 * 88.32 = 712.96 > 600; S = 29: 148 + 290 + 2 * 88.32 = 614.64 > 600;
+    S = 28: 148 + 280 + 2 * 88.32 = 604.64 > 600; S = 27: 148 + 270 + 2 * 88.32 = 594.64 <= 600."""
     args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "20", "--safety", "1.0", "--jobs", "2"])
-    timing = {"n_eval": 100, "base_eval_s": 100.0, "run_overhead_s": 10.0, "step_time_s": 10.0}
+    timing = {"n_eval": 100, "base_eval_s": 50.0, "probe_s_per_question": 1.2, "run_overhead_s": 10.0}
+    timing["step_time_s"] = 10.0
     plan = cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
-    assert plan["max_steps"] == 29 and plan["probe_steps"] == 10
-    assert plan["per_run_s"] == pytest.approx(596.4)
+    assert plan["max_steps"] == 27 and plan["probe_steps"] == 10
+    assert plan["per_run_s"] == pytest.approx(594.6, abs=0.05)
     args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "3", "--jobs", "2"])
     with pytest.raises(SystemExit, match="raise --budget_minutes"):
         cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
@@ -126,3 +129,22 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     for key, stamp in stamps.items():
         if key != ("rd_only", 1):
             assert os.path.getmtime(os.path.join(out, "runs", key[0], f"seed{key[1]}", "DONE.json")) == stamp
+
+
+def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
+    """The step time is the median of the logged step times after the first, the evaluation cost per question the
+    probe's logged seconds over the probe questions, read here from the calibration run's own log."""
+    out = str(tmp_path / "measure")
+    args, extra = cb.parse(
+        ["--preset", "cpu", "--output_dir", out, "--max_eval_samples", "8", "--jobs", "2", "--calibration_steps", "3"]
+        + ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "16", "--eval_max_new_tokens", "16"]
+    )
+    files = cb.prepare_data(args, cb.PRESETS["cpu"])
+    timing = cb.measure(args, cb.PRESETS["cpu"], files, extra, trained_dir)
+    with open(os.path.join(out, "_calibration", "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    times = [h["step_time"] for h in history if "step_time" in h]  # the first step (warm-up) is left out
+    assert len(times) == 3 and timing["step_time_s"] == pytest.approx((times[1] + times[2]) / 2)
+    probes = [h["eval_calibration/seconds"] for h in history if "eval_calibration/seconds" in h]
+    assert len(probes) == 1 and timing["probe_s_per_question"] == pytest.approx(probes[0] / 8)
+    assert timing["base_eval_s"] > 0 and os.path.exists(os.path.join(out, "validity", "validity.json"))
