@@ -294,27 +294,48 @@ def log_history(run: Run) -> list[dict]:
         return json.load(f)["log_history"]
 
 
+def rd_weights(run: Run) -> list[tuple[int, float]]:
+    """``(step, rd_weight)`` as the run logged them."""
+    return [(h["step"], h["hytuning/rd_weight"]) for h in log_history(run) if "hytuning/rd_weight" in h]
+
+
 def mean_rd_weight(runs: list[Run]) -> float:
-    values = [h["hytuning/rd_weight"] for r in runs for h in log_history(r) if "hytuning/rd_weight" in h]
+    values = [w for r in runs for _, w in rd_weights(r)]
     if not values:
         raise RuntimeError("The prg runs logged no rd_weight; the constant arm has no weight to copy.")
     return sum(values) / len(values)
 
 
 # ------------------------------------------------------------------------------------------------ measurements
+def cli_command(entry: str) -> list[str]:
+    """``hytuning-eval`` (``main``) or ``hytuning-prg`` (``prg_main``) under this interpreter, whatever is on PATH."""
+    return [sys.executable, "-c", f"import sys; from hytuning_trl.cli import {entry}; sys.exit({entry}())"]
+
+
 def measure(args, preset: Preset, files: dict, extra: list[str], model: str, calibrate: bool = True) -> dict:
     """Validity check and base evaluation (both needed anyway), side by side with a short prg training run whose
     step time and overhead set the number of steps that fit the budget."""
     out = args.output_dir
     base, validity, calib = (os.path.join(out, d) for d in ("base", "validity", "_calibration"))
-    tools = [sys.executable, "-c", "import sys; from hytuning_trl.cli import {}; sys.exit({}())"]
-    evaluate = tools[:2] + [tools[2].format("main", "main")]
-    evaluate += ["--model_name_or_path", model, "--dataset_name", files["eval_used"], "--output_dir", base]
+    evaluate = cli_command("main") + [
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        files["eval_used"],
+        "--output_dir",
+        base,
+    ]
     evaluate += ["--max_new_tokens", str(preset.max_new_tokens), "--batch_size", str(preset.eval_batch_size)]
-    prg = tools[:2] + [tools[2].format("prg_main", "prg_main")]
-    prg += ["--model_name_or_path", model, "--traces_file", files["traces"], "--output_dir", validity]
+    prg = cli_command("prg_main") + [
+        "--model_name_or_path",
+        model,
+        "--traces_file",
+        files["traces"],
+        "--output_dir",
+        validity,
+    ]
     n_calib = args.calibration_steps
-    timing = {"n_eval": len(read_jsonl(files["eval_used"]))}
+    timing = {"n_eval": int(files["n_eval"])}
 
     def run_eval():
         if not os.path.exists(os.path.join(base, "calibration.json")):
@@ -334,9 +355,10 @@ def measure(args, preset: Preset, files: dict, extra: list[str], model: str, cal
         shutil.rmtree(calib, ignore_errors=True)
         os.makedirs(calib)
         plan = {"max_steps": n_calib, "probe_steps": n_calib}  # one probe at the end: a trained model's eval time
-        cmd = run_command(Run("prg", 0, calib), preset, files, plan, extra, None) + ["--skip_eval", "true"]
+        calib_run = Run("prg", 0, calib)
+        cmd = run_command(calib_run, preset, files, plan, extra, None) + ["--skip_eval", "true"]
         timing["calibration_s"] = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
-        history = log_history(Run("prg", 0, calib))
+        history = log_history(calib_run)
         times = [h["step_time"] for h in history if "step_time" in h]
         probe_s = sum(h.get("eval_calibration/seconds", 0.0) for h in history)
         timing["step_time_s"] = statistics.median(times[1:] or times)
@@ -425,16 +447,19 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         table[arm]["stated_rate"] = statistics.mean(sum(x["stated"] for x in r) / len(r) for r in recs)
         table[arm]["seeds"] = sorted(seeds)
 
+    def difference(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict:
+        """``metric(b) - metric(a)`` on paired seeds: two-stage bootstrap with several, over questions with one."""
+        if len(a) > 1:
+            res = two_stage_bootstrap(metric, a, b, n_boot)
+        else:
+            res = {**paired_bootstrap(metric, a[0], b[0], n_boot), "n_seeds": 1}
+        return {**res, "excludes_0": _excludes_zero(res)}
+
     def compare(arm: str, ref: str, metric: str) -> dict:
         a, b = by_arm[ref], by_arm[arm]
         common = sorted(set(a) & set(b))
-        if len(common) > 1:
-            res = two_stage_bootstrap(metric, [a[s] for s in common], [b[s] for s in common], n_boot)
-        else:
-            res = paired_bootstrap(metric, a[common[0]], b[common[0]], n_boot)
-            res["n_seeds"] = 1
-        primary = (arm, ref, metric) in PRIMARY
-        return {"arm": arm, "reference": ref, **res, "primary": primary, "excludes_0": _excludes_zero(res)}
+        res = difference(metric, [a[s] for s in common], [b[s] for s in common])
+        return {"arm": arm, "reference": ref, **res, "primary": (arm, ref, metric) in PRIMARY}
 
     comparisons = []
     for ref in [r for r in REFERENCES if r in by_arm]:
@@ -443,16 +468,9 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
     against_base = []
     for arm, seeds in by_arm.items():
         recs = [seeds[s] for s in sorted(seeds)]
-        for m in METRICS:
-            if len(recs) > 1:
-                res = two_stage_bootstrap(m, [base] * len(recs), recs, n_boot)
-            else:
-                res = {**paired_bootstrap(m, base, recs[0], n_boot), "n_seeds": 1}
-            against_base.append({"arm": arm, "reference": "base", **res, "excludes_0": _excludes_zero(res)})
+        against_base += [{"arm": arm, "reference": "base", **difference(m, [base] * len(recs), recs)} for m in METRICS]
 
-    lam = {r.arm + f"/seed{r.seed}": [h["hytuning/rd_weight"] for h in log_history(r) if "hytuning/rd_weight" in h]
-           for r in runs}  # fmt: skip
-    prg_lams = [v for k, vs in lam.items() if k.startswith("prg/") for v in vs]
+    prg_lams = [w for r in runs if r.arm == "prg" for _, w in rd_weights(r)]
     span = (max(prg_lams) - min(prg_lams)) if prg_lams else None
     rd_moves = [c for c in against_base if c["arm"] == "rd_only" and c["excludes_0"]]
     move = {
@@ -479,7 +497,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         json.dump(result, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(result, args))
-    curves(out, runs, base, files)
+    curves(out, runs, base, by_arm, files)
     grid(out, runs)
     return result
 
@@ -556,7 +574,7 @@ def _comparison_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def curves(out: str, runs: list[Run], base: list[dict], files: dict) -> None:
+def curves(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, list[dict]]], files: dict) -> None:
     """rd_weight and anchor gain per step; probe accuracy and ECE at step 0 (base), at each probe, and at the end (the
     final evaluation restricted to the probe questions)."""
     import matplotlib
@@ -581,7 +599,7 @@ def curves(out: str, runs: list[Run], base: list[dict], files: dict) -> None:
     for r in runs:
         hist, c = log_history(r), colours[r.arm]
         label = r.arm if r.seed == 0 else None
-        lam = [(h["step"], h["hytuning/rd_weight"]) for h in hist if "hytuning/rd_weight" in h]
+        lam = rd_weights(r)
         gain = [(h["step"], h["hytuning/anchor_gain"]) for h in hist if "hytuning/anchor_gain" in h]
         if lam:
             axes[0][0].plot(*zip(*lam), color=c, alpha=0.8, label=label)
@@ -589,7 +607,7 @@ def curves(out: str, runs: list[Run], base: list[dict], files: dict) -> None:
             axes[0][1].plot(*zip(*gain), color=c, marker=".", alpha=0.8, label=label)
         probes = [(h["step"], h["eval_calibration/accuracy"], h.get("eval_calibration/ece")) for h in hist
                   if "eval_calibration/accuracy" in h]  # fmt: skip
-        end = on_probe(records(os.path.join(r.folder, "calibration_after")))
+        end = on_probe(by_arm[r.arm][r.seed])
         last = max([h["step"] for h in hist if "step" in h], default=0)
         pts = [(0, base_acc, base_ece), *probes]
         if not probes or probes[-1][0] != last:  # a probe at the last step saw the same model on the same questions
