@@ -335,18 +335,30 @@ def measure(args, preset: Preset, files: dict, extra: list[str], model: str, cal
         validity,
     ]
     n_calib = args.calibration_steps
-    timing = {"n_eval": int(files["n_eval"])}
+    saved = os.path.join(out, "measurements.json")  # kept as measured, so an interrupted start resumes
+    timing = {}
+    if os.path.exists(saved):
+        with open(saved) as f:
+            timing = json.load(f)
+    timing["n_eval"] = int(files["n_eval"])
+    lock = threading.Lock()
+
+    def record(**values):
+        with lock:
+            timing.update(values)
+            with open(saved, "w") as f:
+                json.dump(timing, f, indent=2)
 
     def run_eval():
-        if not os.path.exists(os.path.join(base, "calibration.json")):
+        if not os.path.exists(os.path.join(base, "calibration.json")) or "base_eval_s" not in timing:
             os.makedirs(base, exist_ok=True)
-            timing["base_eval_s"] = execute(evaluate, os.path.join(out, "base_eval.log"), args.jobs)
+            record(base_eval_s=execute(evaluate, os.path.join(out, "base_eval.log"), args.jobs))
             say(f"base model evaluated in {timing['base_eval_s']:.0f} s")
 
     def run_validity():
         if not os.path.exists(os.path.join(validity, "validity.json")):
             os.makedirs(validity, exist_ok=True)
-            timing["validity_s"] = execute(prg, os.path.join(out, "validity.log"), args.jobs)
+            record(validity_s=execute(prg, os.path.join(out, "validity.log"), args.jobs))
             say(f"PRG validity check done in {timing['validity_s']:.0f} s")
 
     def run_calibration():
@@ -357,13 +369,16 @@ def measure(args, preset: Preset, files: dict, extra: list[str], model: str, cal
         plan = {"max_steps": n_calib, "probe_steps": n_calib}  # one probe at the end: a trained model's eval time
         calib_run = Run("prg", 0, calib)
         cmd = run_command(calib_run, preset, files, plan, extra, None) + ["--skip_eval", "true"]
-        timing["calibration_s"] = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
+        seconds = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
         history = log_history(calib_run)
         times = [h["step_time"] for h in history if "step_time" in h]
         probe_s = sum(h.get("eval_calibration/seconds", 0.0) for h in history)
-        timing["step_time_s"] = statistics.median(times[1:] or times)
-        timing["probe_s_per_question"] = probe_s / len(read_jsonl(files["probe"]))
-        timing["run_overhead_s"] = max(timing["calibration_s"] - sum(times) - probe_s, 0.0)
+        record(
+            calibration_s=seconds,
+            step_time_s=statistics.median(times[1:] or times),
+            probe_s_per_question=probe_s / len(read_jsonl(files["probe"])),
+            run_overhead_s=max(seconds - sum(times) - probe_s, 0.0),
+        )
         say(
             f"step time {timing['step_time_s']:.1f} s, run overhead {timing['run_overhead_s']:.0f} s, evaluation "
             f"{timing['probe_s_per_question']:.2f} s per question after {n_calib} steps"

@@ -148,3 +148,9 @@ def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
     probes = [h["eval_calibration/seconds"] for h in history if "eval_calibration/seconds" in h]
     assert len(probes) == 1 and timing["probe_s_per_question"] == pytest.approx(probes[0] / 8)
     assert timing["base_eval_s"] > 0 and os.path.exists(os.path.join(out, "validity", "validity.json"))
+
+    # a start interrupted after the measurements resumes with them: nothing measured again, nothing lost
+    log = os.path.join(out, "base_eval.log")
+    stamp = os.path.getmtime(log)
+    again = cb.measure(args, cb.PRESETS["cpu"], files, extra, trained_dir, calibrate=False)
+    assert again == timing and os.path.getmtime(log) == stamp
