@@ -11,6 +11,9 @@ One reader serves the trainer (rollouts, anchor traces), the rewards and the eva
   bare (``B``), in ``(B)``, ``**B**``, ``B)`` or after ``option``. Never the first character of a word
   (``cholera`` is not C), never an article (``A vitamin deficiency`` is not A), never a lowercase letter. Two
   different option letters (``B or C``) mean: not stated.
+* Options mode, when no letter is read: a segment that is exactly one option's text (case, runs of spaces and a
+  final period normalised) reads as that option ("The answer is 71." for the option "D. 71"); a text that matches no
+  option, or several, is not stated.
 * Raw mode: the answer is the segment's text, stripped.
 * The last statement with a valid answer wins (a statement cut off by ``max_completion_length`` falls back to an
   earlier complete one). The reasoning is every token before that statement (before the last statement when none
@@ -33,7 +36,14 @@ from typing import Any
 from .constants import ANSWER_PROBABILITIES, DEFAULT_ANSWER_PATTERN
 from .prg import prg_score, split_steps
 
-__all__ = ["AnswerExtractor", "ParsedCompletion", "option_letters", "read_answer", "whitespace_token_ids"]
+__all__ = [
+    "AnswerExtractor",
+    "ParsedCompletion",
+    "option_letters",
+    "option_texts",
+    "read_answer",
+    "whitespace_token_ids",
+]
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _LETTER = re.compile(r"(?<![A-Za-z0-9_'\u2019-])([A-Z])(?![A-Za-z0-9_'\u2019-])")
@@ -51,6 +61,35 @@ def option_letters(options: Any, default: Sequence[str] | None = None) -> list[s
             return [str(o["key"]) for o in options]
         return [chr(ord("A") + i) for i in range(len(options))]
     return list(default) if default else None
+
+
+def option_texts(options: Any) -> dict[str, str] | None:
+    """``{letter: text}`` of a row's ``options`` value (dict keyed by letter, list of texts, or list of
+    ``{"key", "value"}`` dicts); ``None`` when the row has no option texts."""
+    if isinstance(options, dict) and options:
+        return {str(k): str(v) for k, v in options.items() if v is not None}
+    if isinstance(options, (list, tuple)) and options:
+        if isinstance(options[0], dict) and "key" in options[0]:
+            return {str(o["key"]): str(o.get("value", "")) for o in options}
+        return {chr(ord("A") + i): str(t) for i, t in enumerate(options)}
+    return None
+
+
+def _normalise_text(text: str) -> str:
+    """Case folded, runs of whitespace made one space, stripped, one final period dropped."""
+    text = " ".join(text.split()).casefold()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def _option_by_text(segment: str, texts: dict[str, str] | None, letters: Sequence[str]) -> str | None:
+    """The option whose text the whole segment is, when exactly one is."""
+    if not texts:
+        return None
+    said = _normalise_text(segment)
+    if not said:
+        return None
+    found = [letter for letter in letters if letter in texts and _normalise_text(texts[letter]) == said]
+    return found[0] if len(found) == 1 else None
 
 
 def _segment(text: str, match: re.Match) -> str:
@@ -73,8 +112,15 @@ def _letter_in(segment: str, letters: Sequence[str]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def read_answer(text: str, pattern: str | re.Pattern, letters: Sequence[str] | None) -> tuple[str | None, int | None]:
+def read_answer(
+    text: str,
+    pattern: str | re.Pattern,
+    letters: Sequence[str] | None,
+    texts: dict[str, str] | None = None,
+) -> tuple[str | None, int | None]:
     """The stated answer of ``text`` under the contract above, and the character where its statement starts.
+
+    ``texts`` (options mode): ``{letter: option text}``, to read a statement that names an option by its text.
 
     Returns ``(answer, start)``: ``answer`` is an option letter (``letters`` given) or the raw answer text, ``None``
     when not stated; ``start`` is where the winning statement starts (the last statement when none is valid,
@@ -84,7 +130,10 @@ def read_answer(text: str, pattern: str | re.Pattern, letters: Sequence[str] | N
     matches = list(pattern.finditer(text))
     for match in reversed(matches):
         segment = _segment(text, match)
-        answer = _letter_in(segment, letters) if letters is not None else (segment.strip() or None)
+        if letters is not None:
+            answer = _letter_in(segment, letters) or _option_by_text(segment, texts, letters)
+        else:
+            answer = segment.strip() or None
         if answer is not None:
             return answer, match.start()
     return None, (matches[-1].start() if matches else None)
@@ -211,12 +260,15 @@ class AnswerExtractor:
                 lo = mid + 1
         return lo
 
-    def parse(self, completion_ids: Sequence[int], options: Any = None) -> ParsedCompletion:
-        """Read one completion (``options``: the row's ``options`` value, if any)."""
+    def parse(
+        self, completion_ids: Sequence[int], options: Any = None, always_steps: bool = False
+    ) -> ParsedCompletion:
+        """Read one completion (``options``: the row's ``options`` value, if any). The reasoning steps are cut when
+        there is something to score (options mode, or a stated raw answer), or always with ``always_steps``."""
         completion_ids = list(completion_ids)
         text = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
         letters = self.letters_for(options)
-        stated, start = read_answer(text, self.pattern, letters)
+        stated, start = read_answer(text, self.pattern, letters, option_texts(options) if letters else None)
         end = self._token_at_char(completion_ids, start) if start is not None else len(completion_ids)
         while end > 0 and completion_ids[end - 1] in self.special_ids:
             end -= 1
@@ -229,7 +281,7 @@ class AnswerExtractor:
             answer = stated
             answer_ids = self.tokenizer(" " + stated, add_special_tokens=False)["input_ids"]
         spans = None
-        if letters is not None or answer_ids:
+        if letters is not None or answer_ids or always_steps:
             spans = split_steps(
                 completion_ids,
                 self.tokenizer,

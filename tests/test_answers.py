@@ -47,6 +47,39 @@ def test_options_phrasings(tokenizer, text, expected):
     assert read_answer(text, DEFAULT_ANSWER_PATTERN, LETTERS)[0] == expected
 
 
+OPTIONS = {"A": "56", "B": "76", "C": "Digoxin toxicity", "D": "71"}
+# A statement whose sentence is exactly one option's text reads as that option (SmolLM2 writes "The answer is 71.").
+TEXT_PHRASINGS = [
+    ("Tens: 5+1=6.\n\nThe answer is 71.", "D"),
+    ("The answer is 71", "D"),  # no final period
+    ("The answer is  digoxin   TOXICITY .", "C"),  # case and runs of spaces normalised
+    ("The answer is 7.", None),  # matches no option
+    ("The answer is 711.", None),  # a prefix of the text is not the text
+    ("The answer is 71 or 56.", None),  # not exactly one option's text
+    ("The answer is digoxin.", None),  # part of an option's text
+    ("The answer is B (76).", "B"),  # a letter still wins
+    ("The answer is 56.\n\nThe answer is 71.", "D"),  # the last valid statement wins
+    ("The answer is 71.\n\nThe answer is 99.", "D"),  # ... and an invalid last one falls back
+]
+
+
+@pytest.mark.parametrize("text,expected", TEXT_PHRASINGS)
+def test_statement_of_an_option_text(tokenizer, text, expected):
+    extractor = AnswerExtractor(tokenizer, answer_probability="options")
+    parsed = extractor.parse(tokenizer(text, add_special_tokens=False)["input_ids"], OPTIONS)
+    assert parsed.answer == expected
+    assert read_answer(text, DEFAULT_ANSWER_PATTERN, LETTERS, OPTIONS)[0] == expected
+    assert read_answer(text, DEFAULT_ANSWER_PATTERN, LETTERS)[0] == (expected if "(76)" in text else None)
+
+
+def test_option_text_shared_by_two_options_is_not_stated(tokenizer):
+    options = {"A": "71", "B": "71.", "C": "56", "D": "65"}  # the same text after normalising
+    assert read_answer("The answer is 71.", DEFAULT_ANSWER_PATTERN, LETTERS, options)[0] is None
+    listed = ["71", "56", "65", "12"]  # options as a list: letters in order
+    ids = tokenizer("The answer is 65.", add_special_tokens=False)["input_ids"]
+    assert AnswerExtractor(tokenizer).parse(ids, listed).answer == "C"
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
