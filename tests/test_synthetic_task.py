@@ -26,7 +26,7 @@ def test_splits_are_deterministic_and_disjoint():
 def test_each_distractor_is_ruled_out_by_a_step():
     """Bug it catches: a trace that names a distractor nowhere (no step lowers its probability) or rules out the
     gold answer; the sum itself is checked by hand arithmetic."""
-    for q in synthetic_task.generate(3)["traces"]:
+    for q in synthetic_task.generate(3, style="rule_out")["traces"]:
         a, b = map(int, re.findall(r"\d+", q["question"]))
         gold = q["answer_idx"]
         assert q["options"][gold] == str(a + b)
@@ -36,6 +36,25 @@ def test_each_distractor_is_ruled_out_by_a_step():
         assert ruled_out == set("ABCD") - {gold}
         ones = re.findall(r"not ([A-D])", steps[0])
         assert len(ones) == 1 and int(q["options"][ones[0]]) % 10 != (a + b) % 10  # the ones step: a ones digit
+
+
+def test_check_traces_compute_then_look_up():
+    """The default style: the ones and tens steps compute the sum (checked by hand arithmetic), and the last step
+    names every option in order with 'yes' for the gold one only; the questions are those of the other style."""
+    checked = synthetic_task.generate(3)
+    assert [q["question"] for q in checked["eval"]] == [
+        q["question"] for q in synthetic_task.generate(3, style="rule_out")["eval"]
+    ]
+    for q in checked["traces"]:
+        a, b = map(int, re.findall(r"\d+", q["question"]))
+        ones, tens, check = q["reasoning"].split("\n\n")
+        assert ones.startswith(f"Ones: {a % 10}+{b % 10}={a % 10 + b % 10}, write {(a + b) % 10}")
+        assert ("carry 1" in ones) == (a % 10 + b % 10 >= 10)
+        assert tens.endswith(f"so the sum is {a + b}.")
+        marks = re.findall(r"([A-D]) (\d+) (yes|no)", check)
+        assert [m[0] for m in marks] == list("ABCD")
+        assert [m[0] for m in marks if m[2] == "yes"] == [q["answer_idx"]]
+        assert all(q["options"][letter] == value for letter, value, _ in marks)
 
 
 def test_loaders_read_it(tmp_path):
