@@ -92,6 +92,23 @@ _CPU_TRAINING = [
 ]  # fmt: skip
 
 
+# The regime where RD learns the synthetic task (issue 23's measurements: 'check' traces, lr 2e-5, 4 traces a step,
+# completions long enough for the whole trace and its statement).
+_LEARNING = [
+    "--max_completion_length", "96",
+    "--per_device_train_batch_size", "8",
+    "--num_generations", "4",
+    "--distill_per_device_batch_size", "4",
+    "--learning_rate", "2e-5",
+    "--prg_every", "4",
+    "--rewards", "self_certainty",
+    "--reward_weights", "1.0",
+    "--eval_batch_size", "32",
+    "--logging_steps", "1",
+    "--save_strategy", "no",
+]  # fmt: skip
+
+
 @dataclass
 class Preset:
     """What a preset runs. ``budget_minutes`` None: ``max_steps`` steps, no measurement."""
@@ -108,6 +125,7 @@ class Preset:
     max_new_tokens: int = 64
     eval_batch_size: int = 32
     anchor_size: int = 16
+    n_traces: int = 64  # synthetic task: RD traces + anchor
     model: str | None = None  # None: the example's default (SmolLM2-135M-Instruct, converted once)
     notes: list[str] = field(default_factory=list)
 
@@ -119,6 +137,15 @@ PRESETS: dict[str, Preset] = {
         max_steps=40,
         budget_minutes=120,
         jobs=2,
+    ),
+    # The gate of issue 23: does RD alone learn the task (>= +10 points over the base model)? rd_only, 1 seed.
+    "gate": Preset(
+        seeds={"rd_only": 1},
+        training=_LEARNING,
+        max_steps=60,
+        probe_steps=20,
+        max_new_tokens=96,
+        n_traces=272,
     ),
     "cpu-full": Preset(
         seeds={arm: 3 for arm in ARMS}, training=_CPU_TRAINING, max_steps=40, budget_minutes=360, jobs=2
@@ -179,7 +206,7 @@ def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
     if not all(files.values()):
         import synthetic_task
 
-        splits = synthetic_task.generate(args.data_seed, n_eval=preset.n_eval)
+        splits = synthetic_task.generate(args.data_seed, n_traces=preset.n_traces, n_eval=preset.n_eval)
         for name, key in (("unlabeled", "train"), ("eval", "eval"), ("traces", "traces")):
             if not files[key]:
                 files[key] = os.path.join(data, f"{name}.jsonl")

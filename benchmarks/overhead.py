@@ -6,12 +6,17 @@
 Settings, all on the same model, prompts, rollout count and lengths, with real generation:
 
 * ``grpo``: ``trl.GRPOTrainer`` with an ordinary (format) reward;
-* ``hytuning_prg_every1`` / ``hytuning_prg_every4``: ``HyTuningTrainer`` (self-certainty reward, RD head, PRG mixing)
-  with the anchor PRG every generation round / every 4 rounds;
+* ``hytuning_own_every1`` / ``hytuning_own_every4``: ``HyTuningTrainer`` (self-certainty reward, RD head, PRG mixing)
+  with the own-reasoning anchor (v3, the default: greedy generation for the anchor questions, then the scoring pass
+  and the v2 trace diagnostic) every generation round / every 4 rounds;
+* ``hytuning_trace_every1``: the same with the v2 anchor (teacher-forced traces only) every round;
 * ``hytuning_rl_only``: ``HyTuningTrainer`` without RD (RLIF only).
 
+The anchor is ``min(anchor_holdout, n // 4)`` = 4 of the 16 scripted traces (``--anchor_holdout`` changes it).
+
 Step times (TRL's ``step_time``: generation, scoring, loss, backward, optimizer) are collected in ONE process, the
-settings alternating in each repetition, the first step of every run dropped as warm-up. Peak memory is the rise of
+settings alternating in each repetition, the first step of every run dropped as warm-up; the table gives the median
+and the interquartile range. Peak memory is the rise of
 RSS above its level before ``train()`` (sampled by a thread), each setting in a fresh child process.
 """
 
@@ -33,7 +38,7 @@ from _memory import peak_rss_growth_mib  # benchmarks/_memory.py
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-SETTINGS = ["grpo", "hytuning_prg_every1", "hytuning_prg_every4", "hytuning_rl_only"]
+SETTINGS = ["grpo", "hytuning_own_every1", "hytuning_own_every4", "hytuning_trace_every1", "hytuning_rl_only"]
 TIMERS: dict[str, float] = collections.defaultdict(float)
 
 
@@ -61,7 +66,8 @@ def instrument():
 
     _timed(trainer_module, "score_rollouts", "scoring pass (policy + anchor)")
     _timed(trainer_module, "rd_loss", "RD forward")
-    _timed(trainer_module.HyTuningTrainer, "_anchor_prg", "anchor PRG (within scoring)")
+    _timed(trainer_module.HyTuningTrainer, "_anchor_round", "anchor round (all of it)")
+    _timed(trainer_module.HyTuningTrainer, "_generate_greedy", "anchor generation (within the round)")
 
 
 def make_trainer(setting, args, model_path, out):
@@ -74,7 +80,12 @@ def make_trainer(setting, args, model_path, out):
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     questions = scripted_examples(64, seed=31)
     train = Dataset.from_list([{"prompt": q["prompt"], "options": q["options"]} for q in questions])
-    traces = Dataset.from_list([{"prompt": q["prompt"], "completion": q["completion"]} for q in scripted_examples(16)])
+    traces = Dataset.from_list(
+        [
+            {"prompt": q["prompt"], "completion": q["completion"], "options": q["options"]}
+            for q in scripted_examples(16)
+        ]
+    )
     common = dict(
         output_dir=out,
         use_cpu=True,
@@ -99,8 +110,14 @@ def make_trainer(setting, args, model_path, out):
             processing_class=tokenizer,
         )
     mixing = "rl_only" if setting == "hytuning_rl_only" else "prg"
-    prg_every = 4 if setting == "hytuning_prg_every4" else 1
-    config = HyTuningConfig(**common, mixing=mixing, prg_every=prg_every, answer_options=["A", "B", "C", "D"])
+    config = HyTuningConfig(
+        **common,
+        mixing=mixing,
+        prg_every=4 if setting.endswith("every4") else 1,
+        anchor_signal="trace" if "trace" in setting else "own",
+        anchor_holdout=args.anchor_holdout,
+        answer_options=["A", "B", "C", "D"],
+    )
     return HyTuningTrainer(
         model=model,
         reward_funcs=[SelfCertaintyReward()],
@@ -126,6 +143,7 @@ def main():
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--max_completion_length", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--anchor_holdout", type=int, default=16, help="anchor size: min(this, 16 // 4)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model_path", default=None, help=argparse.SUPPRESS)
@@ -171,6 +189,8 @@ def main():
             str(args.max_completion_length),
             "--threads",
             str(args.threads),
+            "--anchor_holdout",
+            str(args.anchor_holdout),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         memory[setting] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -180,25 +200,31 @@ def main():
         f"model {model_path}; {args.generations} rollouts of <= {args.max_completion_length} tokens; "
         f"{args.repeats} x {args.steps} steps per setting, first step of each run dropped; {args.threads} threads"
     )
-    print(f"{'setting':<24}{'median step (s)':>16}{'x GRPO':>8}{'peak RSS rise (MiB)':>21}{'x GRPO':>8}")
+    print(
+        f"{'setting':<24}{'median step (s)':>16}{'IQR (s)':>16}{'x GRPO':>8}{'peak RSS rise (MiB)':>21}{'x GRPO':>8}"
+    )
     results = {}
     for setting in SETTINGS:
-        med = statistics.median(step_times[setting])
+        times = step_times[setting]
+        med = statistics.median(times)
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (med, med, med)
         results[setting] = {
             "median_step_s": med,
+            "iqr_s": [q1, q3],
+            "n_steps": len(times),
             "ratio": med / base,
             "peak_mib": memory[setting],
             "breakdown_s_per_step": dict(breakdown[setting]),
         }
         print(
-            f"{setting:<24}{med:>16.3f}{med / base:>8.2f}{memory[setting]:>21.1f}"
+            f"{setting:<24}{med:>16.3f}{f'{q1:.2f}-{q3:.2f}':>16}{med / base:>8.2f}{memory[setting]:>21.1f}"
             f"{memory[setting] / max(memory['grpo'], 1e-9):>8.2f}"
         )
     print("where the extra time goes (seconds per step, measured inside the runs):")
     for setting in SETTINGS[1:]:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(breakdown[setting].items()))
         print(f"  {setting}: {parts}")
-    print("goals: prg_every=1 <= 1.5x GRPO, prg_every=4 <= 1.25x GRPO")
+    print("goal: the own-reasoning anchor at prg_every=4 <= 1.35x GRPO")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)

@@ -171,18 +171,21 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def build_train_dataset(args: MedQAArguments) -> Dataset:
+def build_train_dataset(args: MedQAArguments, instruction: str | None = None) -> Dataset:
     rows = _rows(args.train_file, args.dataset_name, args.dataset_train_split)[: args.max_train_samples]
     for i, r in enumerate(rows):
         if "question" not in r or "options" not in r:
             raise ValueError(f"Training question {i} needs 'question' and 'options' (fields: {sorted(r)}).")
     questions = load_mcq([{**r, "answer_idx": next(iter(r["options"]))} for r in rows])  # labels are not used
     return Dataset.from_list(
-        [{"prompt": _user(format_mcq_prompt(q["question"], q["options"])), "options": q["options"]} for q in questions]
+        [
+            {"prompt": _user(format_mcq_prompt(q["question"], q["options"], instruction)), "options": q["options"]}
+            for q in questions
+        ]
     )
 
 
-def build_distill_dataset(args: MedQAArguments) -> Dataset:
+def build_distill_dataset(args: MedQAArguments, instruction: str | None = None) -> Dataset:
     sample = os.path.join(DATA, "traces.jsonl")
     if (
         not args.distill_dataset_name
@@ -195,15 +198,21 @@ def build_distill_dataset(args: MedQAArguments) -> Dataset:
             "traces, or pass --allow_sample_traces true."
         )
     rows = _rows(args.distill_file, args.distill_dataset_name, args.distill_split, args.distill_dataset_config)
-    return traces_dataset(rows, args)
+    return traces_dataset(rows, args, instruction)
 
 
-def build_anchor_dataset(args: MedQAArguments) -> Dataset | None:
-    """The held-out anchor traces of --anchor_file (None: the trainer splits them off the RD traces)."""
-    return traces_dataset(_rows(args.anchor_file, None, "train"), args) if args.anchor_file else None
+def build_anchor_dataset(args: MedQAArguments, instruction: str | None = None) -> Dataset | None:
+    """The held-out anchor of --anchor_file (None: the trainer splits it off the RD traces): traces, or MedQA-style
+    questions without reasoning (enough for the own-reasoning anchor)."""
+    if not args.anchor_file:
+        return None
+    rows = _rows(args.anchor_file, None, "train")
+    if rows and "reasoning" not in rows[0] and "completion" not in rows[0] and "messages" not in rows[0]:
+        return Dataset.from_list(load_mcq(rows))  # questions only: the trainer renders them with mcq_instruction
+    return traces_dataset(rows, args, instruction)
 
 
-def traces_dataset(rows: list[dict], args: MedQAArguments) -> Dataset:
+def traces_dataset(rows: list[dict], args: MedQAArguments, instruction: str | None = None) -> Dataset:
     """Traces as prompt/completion rows: MedQA-format (``reasoning``), chat-format (meerkat) or already
     prompt/completion."""
     if rows and "messages" in rows[0]:  # chat-format reasoning traces (meerkat-instructions MedQA-CoT layout)
@@ -219,7 +228,7 @@ def traces_dataset(rows: list[dict], args: MedQAArguments) -> Dataset:
         if "reasoning" in r:  # MedQA-format trace
             q = load_mcq([r])[0]
             completion = f"{r['reasoning'].strip()}\nThe answer is {q['answer_idx']}."
-            prompt = format_mcq_prompt(q["question"], q["options"])
+            prompt = format_mcq_prompt(q["question"], q["options"], instruction)
             out.append(
                 {
                     "prompt": _user(prompt),
@@ -275,6 +284,7 @@ def evaluate_to(
     dtype: torch.dtype,
     max_new_tokens: int,
     peft: bool = False,
+    instruction: str | None = None,
 ) -> dict | None:
     """Calibration report of a saved model. Every process loads the model whole (outside ZeRO-3), answers its own
     shard of the questions, and the records are gathered; the main process writes the report. Returns the metrics
@@ -300,6 +310,7 @@ def evaluate_to(
         batch_size=args.eval_batch_size,
         max_new_tokens=max_new_tokens,
         progress=state.is_main_process,
+        instruction=instruction,
     )
     tagged = gather_object([(i, r) for i, r in zip(mine, result.records)])
     del model
@@ -389,9 +400,10 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             f"--reward_weights has {len(weights)} values for {len(script_args.rewards)} --rewards "
             f"({', '.join(script_args.rewards)}); give one weight per reward."
         )
-    train_dataset = build_train_dataset(script_args)
-    distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args)
-    anchor_dataset = None if training_args.mixing == "rl_only" else build_anchor_dataset(script_args)
+    instruction = training_args.mcq_instruction
+    train_dataset = build_train_dataset(script_args, instruction)
+    distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args, instruction)
+    anchor_dataset = None if training_args.mixing == "rl_only" else build_anchor_dataset(script_args, instruction)
     questions = None
     if not script_args.skip_eval:
         source = script_args.eval_dataset_name or script_args.eval_file
@@ -401,6 +413,7 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     eval_kwargs = {
         "dtype": training_dtype(training_args, model_args),
         "max_new_tokens": script_args.eval_max_new_tokens or training_args.max_completion_length,
+        "instruction": instruction,
     }
     if questions and script_args.eval_before:
         summary["before"] = evaluate_to(

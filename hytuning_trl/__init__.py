@@ -42,7 +42,7 @@ from .rewards import (
 from .scoring import RolloutStats, score_rollouts
 from .trainer import HyTuningTrainer
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "AgreementBrierReward",

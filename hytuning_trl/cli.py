@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, PRG_AGGREGATIONS
+from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_MCQ_INSTRUCTION, PRG_AGGREGATIONS
 from .evaluation import evaluate_mcq
 from .mcq import load_mcq
 from .prg_analysis import PRGAnalysis, analyse_prg, format_validity, load_traces, write_analysis
@@ -52,6 +52,9 @@ class EvalArguments:
     answer_pattern: str = field(default=DEFAULT_PATTERN, metadata={"help": "Regex of the final-answer statement."})
     n_bins: int = field(default=15, metadata={"help": "Bins of the ECE and the reliability diagram."})
     use_chat_template: bool = field(default=True, metadata={"help": "Render prompts with the chat template."})
+    mcq_instruction: str = field(
+        default=DEFAULT_MCQ_INSTRUCTION, metadata={"help": "Instruction closing each prompt (after the options)."}
+    )
 
 
 def load_model(path: str, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"):
@@ -83,6 +86,7 @@ def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None
         answer_pattern=args.answer_pattern,
         n_bins=args.n_bins,
         use_chat_template=args.use_chat_template,
+        instruction=args.mcq_instruction,
     )
     paths = write_report(
         result, args.output_dir, title=os.path.basename(os.path.normpath(args.model_name_or_path)), extra=asdict(args)
@@ -129,6 +133,10 @@ class PRGArguments:
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     device: str = field(default="cpu", metadata={"help": "Device to run on, e.g. cpu or cuda."})
     use_chat_template: bool = field(default=True, metadata={"help": "Render prompts with the chat template."})
+    mcq_instruction: str = field(
+        default=DEFAULT_MCQ_INSTRUCTION,
+        metadata={"help": "Instruction closing each prompt of MedQA-style traces (after the options)."},
+    )
 
 
 def run_prg(args: PRGArguments) -> PRGAnalysis:
@@ -145,6 +153,7 @@ def run_prg(args: PRGArguments) -> PRGAnalysis:
         answer_options=letters,
         use_chat_template=args.use_chat_template,
         max_samples=args.max_samples,
+        instruction=args.mcq_instruction,
     )
     analysis = analyse_prg(
         model,

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .constants import (
+    ANCHOR_SIGNALS,
     ANSWER_PROBABILITIES,
     DEFAULT_ANSWER_PATTERN,
     DEFAULT_ANSWER_TRIGGER,
+    DEFAULT_MCQ_INSTRUCTION,
     MIXING_RULES,
     PRG_AGGREGATIONS,
     SCORING_METHODS,
@@ -35,8 +37,9 @@ class HyTuningConfig(GRPOConfig):
         > Mixing rule
 
         mixing (`str`, *optional*, defaults to `'prg'`):
-            How the RD weight is set: 'prg' (HyTuning, mixing v2: from the normalised gain G of the gold answer
-            along the held-out anchor traces, rd_weight = min + (max - min) * (1 - clip(EMA(G), 0, 1))), 'prg_gap'
+            How the RD weight is set: 'prg' (HyTuning: from the normalised gain G of the gold answer on held-out
+            anchor questions, along the policy's own reasoning by default (`anchor_signal`), rd_weight = min +
+            (max - min) * (1 - clip(EMA(G), 0, 1))), 'prg_gap'
             (the turn-1 rule: policy PRG against anchor PRG), 'constant' (`rd_weight`), 'chord' (CHORD-mu warm-up
             then cosine decay), 'rl_only' (0, no distill dataset needed) or 'rd_only' (1).
         rd_weight (`float`, *optional*, defaults to `0.5`):
@@ -48,6 +51,13 @@ class HyTuningConfig(GRPOConfig):
         rd_weight_max (`float`, *optional*, defaults to `0.9`):
             Largest RD weight of mixing='prg' / 'prg_gap': reached when the expert steps do not raise the gold
             answer's probability (G_hat <= 0).
+        anchor_signal (`str`, *optional*, defaults to `'own'`):
+            What the anchor of mixing='prg' measures. 'own' (v3): at each anchor round the policy writes its own
+            reasoning (greedy, at most `max_completion_length` tokens, through the rollouts' generation path) for
+            every anchor question, and G is the gold answer's normalised gain from p_0 (after the prompt) to p_K
+            (after its own steps and the trigger); a completion without reasoning gives G = 0. 'trace' (v2): the gold
+            answer's gain along the anchor's expert traces, teacher-forced (it measures trust in a trace's
+            conclusion, not the ability to reach it). Under 'own' the anchor needs only questions with a gold answer.
         anchor_holdout (`int`, *optional*, defaults to `16`):
             Without an `anchor_dataset`, min(anchor_holdout, n // 4) traces are split off the distill dataset with
             the seed as the held-out anchor (every rule but 'rl_only'), never trained on.
@@ -60,14 +70,18 @@ class HyTuningConfig(GRPOConfig):
         prg_ema_decay (`float`, *optional*, defaults to `0.9`):
             Decay of the 'prg_gap' moving averages: ema = decay * ema + (1 - decay) * x, once per round.
         prg_every (`int`, *optional*, defaults to `1`):
-            Score the anchor traces every this many generation rounds (an anchor round). The policy's PRG is
-            computed on every rollout.
+            Run an anchor round every this many generation rounds. The policy's PRG is computed on every rollout.
         prg_gate (`bool`, *optional*, defaults to `False`):
             Per-sample gating: in training, a positive advantage of a rollout whose own PRG is <= 0, missing or non-
             finite, or whose answer is forced, is multiplied by `prg_gate_floor` (TRL's group baseline is computed
             before gating).
         prg_gate_floor (`float`, *optional*, defaults to `0.0`):
             The factor applied to the gated positive advantages of `prg_gate`.
+
+        mcq_instruction (`str`, *optional*, defaults to the measured default, see docs/benchmarks.md):
+            Instruction closing each multiple-choice prompt the package writes (anchor questions given as
+            question/options rows, the calibration evaluation, the example's datasets). It has no placeholder to
+            copy: small models copy "The answer is X." verbatim.
 
         > PRG and the answer contract
 
@@ -123,8 +137,9 @@ class HyTuningConfig(GRPOConfig):
     mixing: str = field(
         default="prg",
         metadata={
-            "help": "How the RD weight is set: 'prg' (HyTuning, mixing v2: from the normalised gain G of the gold "
-            "answer along the held-out anchor traces, rd_weight = min + (max - min) * (1 - clip(EMA(G), 0, 1))), "
+            "help": "How the RD weight is set: 'prg' (HyTuning: from the normalised gain G of the gold answer on "
+            "held-out anchor questions, see `anchor_signal`, rd_weight = min + (max - min) * (1 - clip(EMA(G), 0, "
+            "1))), "
             "'prg_gap' (the turn-1 rule: policy PRG against anchor PRG), 'constant' (`rd_weight`), 'chord' "
             "(CHORD-mu warm-up then cosine decay), 'rl_only' (0, no distill dataset needed) or 'rd_only' (1).",
             "choices": list(MIXING_RULES),
@@ -192,8 +207,24 @@ class HyTuningConfig(GRPOConfig):
     prg_every: int = field(
         default=1,
         metadata={
-            "help": "Score the anchor traces every this many generation rounds (an anchor round). The policy's PRG is "
-            "computed on every rollout."
+            "help": "Run an anchor round every this many generation rounds. The policy's PRG is computed on every "
+            "rollout."
+        },
+    )
+    anchor_signal: str = field(
+        default="own",
+        metadata={
+            "help": "What the anchor of mixing='prg' measures. 'own' (v3): the policy writes its own reasoning "
+            "(greedy) for each anchor question, and G is the gold answer's normalised gain along it (0 without "
+            "reasoning). 'trace' (v2): the gold answer's gain along the anchor's expert traces (teacher-forced).",
+            "choices": list(ANCHOR_SIGNALS),
+        },
+    )
+    mcq_instruction: str = field(
+        default=DEFAULT_MCQ_INSTRUCTION,
+        metadata={
+            "help": "Instruction closing each multiple-choice prompt the package writes (anchor questions given as "
+            "question/options rows, the calibration evaluation, the example's datasets)."
         },
     )
     # PRG
@@ -296,6 +327,7 @@ class HyTuningConfig(GRPOConfig):
         if self.answer_probability is None:
             self.answer_probability = "options" if self.answer_options else "auto"
         self._check_choice("answer_probability", ANSWER_PROBABILITIES)
+        self._check_choice("anchor_signal", ANCHOR_SIGNALS)
         bounded = ("rd_weight", "rd_weight_min", "rd_weight_max", "chord_mu_peak", "chord_mu_valley", "prg_gate_floor")
         for name in bounded:
             value = getattr(self, name)

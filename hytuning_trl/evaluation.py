@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from .answers import AnswerExtractor, whitespace_token_ids
 from .calibration import calibration_metrics
 from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER
-from .mcq import load_mcq, render_prompts
+from .mcq import MCQ_INSTRUCTION, load_mcq, render_prompts
 from .scoring import score_rollouts
 
 __all__ = ["CalibrationEvalCallback", "MCQEvaluation", "evaluate_mcq", "summarise"]
@@ -56,6 +56,7 @@ def evaluate_mcq(
     progress: bool = True,
     generate_model: Any = None,
     sync_num_batches: Callable[[int], int] | None = None,
+    instruction: str | None = None,
 ) -> MCQEvaluation:
     """Answer every question greedily and measure how well the confidence tracks correctness.
 
@@ -69,11 +70,13 @@ def evaluate_mcq(
         progress: show a progress bar.
         generate_model: an unwrapped model for ``generate`` (e.g. under ZeRO-3, gathered).
         sync_num_batches: passed to the scoring pass (ZeRO-3).
+        instruction: the instruction closing each prompt (default :data:`~hytuning_trl.mcq.MCQ_INSTRUCTION`).
 
     Returns:
         :class:`MCQEvaluation` with one record per question (``chosen``, ``gold``, ``correct``, ``confidence``,
-        ``stated``, ``prg``, ``num_steps``, ``completion``) and :func:`calibration_metrics` plus ``stated_rate`` and
-        ``mean_prg``.
+        ``stated``, ``prg``, ``num_steps``, ``completion``, ``option_letters`` and ``option_logprobs``: the
+        option-renormalised log-probabilities after the reasoning, for post-hoc calibration) and
+        :func:`calibration_metrics` plus ``stated_rate``, ``mean_prg`` and ``mean_steps``.
     """
     from tqdm.auto import tqdm
 
@@ -89,7 +92,7 @@ def evaluate_mcq(
     )
     whitespace = whitespace_token_ids(tokenizer)
     trigger_ids = tokenizer(answer_trigger, add_special_tokens=False)["input_ids"]
-    prompts = render_prompts(tokenizer, questions, use_chat_template)
+    prompts = render_prompts(tokenizer, questions, use_chat_template, instruction)
     device = next(gen_model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = getattr(gen_model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
@@ -147,6 +150,8 @@ def evaluate_mcq(
                         "prg": s.prg,
                         "num_steps": s.num_steps,
                         "completion": p.text,
+                        "option_letters": p.letters,
+                        "option_logprobs": s.option_logprobs[-1] if s.option_logprobs else None,
                     }
                 )
             bar.update(len(batch_q))
@@ -161,17 +166,20 @@ def evaluate_mcq(
         "answer_pattern": answer_pattern,
         "n_bins": n_bins,
         "decoding": "greedy",
+        "instruction": MCQ_INSTRUCTION if instruction is None else instruction,
     }
     return MCQEvaluation(records=records, metrics=metrics, settings=settings)
 
 
 def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
     """:func:`calibration_metrics` over all questions (forced answers included: the headline figures), the share of
-    stated answers, the mean PRG, and the same metrics over the stated answers alone (``stated_only``, ``None`` when
-    no answer was stated)."""
+    stated answers, the mean PRG, the mean number of reasoning steps, and the same metrics over the stated answers
+    alone (``stated_only``, ``None`` when no answer was stated)."""
     metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records], n_bins)
     metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
     metrics["mean_prg"] = sum(r["prg"] for r in records) / len(records)
+    if all("num_steps" in r for r in records):  # records written before 0.3.0 lack it
+        metrics["mean_steps"] = sum(r["num_steps"] for r in records) / len(records)
     stated = [r for r in records if r["stated"]]
     metrics["stated_only"] = (
         calibration_metrics([r["confidence"] for r in stated], [r["correct"] for r in stated], n_bins)
@@ -199,7 +207,11 @@ class CalibrationEvalCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
 
     def bind(self, trainer: Any) -> None:
+        """Evaluate ``trainer``'s model (with its config's ``mcq_instruction`` unless one was given)."""
         self.trainer = trainer
+        instruction = getattr(trainer.args, "mcq_instruction", None)
+        if instruction is not None:
+            self.eval_kwargs.setdefault("instruction", instruction)
 
     def _every(self, args: Any) -> int:
         return int(self.eval_steps or args.eval_steps or args.logging_steps or 1)

@@ -12,19 +12,20 @@ import json
 import os
 from typing import Any
 
+from .constants import DEFAULT_MCQ_INSTRUCTION
+
 __all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "render_prompts"]
 
-MCQ_INSTRUCTION = (
-    "Think step by step, one short paragraph per step separated by blank lines, then finish with "
-    '"The answer is X." where X is the letter of the best option.'
-)
+#: The default instruction (config ``mcq_instruction``, ``--mcq_instruction`` of the commands and the example).
+MCQ_INSTRUCTION = DEFAULT_MCQ_INSTRUCTION
 
 
-def format_mcq_prompt(question: str, options: dict[str, str]) -> str:
-    """The prompt used for multiple-choice training and evaluation alike."""
+def format_mcq_prompt(question: str, options: dict[str, str], instruction: str | None = None) -> str:
+    """The prompt used for multiple-choice training and evaluation alike: the question, the lettered options, then
+    ``instruction`` (default :data:`MCQ_INSTRUCTION`)."""
     lines = [f"Question: {question.strip()}", "Options:"]
     lines += [f"{letter}. {text}" for letter, text in sorted(options.items())]
-    lines.append(MCQ_INSTRUCTION)
+    lines.append(MCQ_INSTRUCTION if instruction is None else instruction)
     return "\n".join(lines)
 
 
@@ -87,13 +88,15 @@ def load_mcq(source: Any, split: str = "test", max_samples: int | None = None) -
     return out
 
 
-def render_prompts(tokenizer: Any, questions: list[dict], use_chat_template: bool | None) -> list[list[int]]:
-    """Token ids of each question's prompt (:func:`format_mcq_prompt`), through the chat template when the tokenizer
-    has one (unless ``use_chat_template=False``)."""
+def render_prompts(
+    tokenizer: Any, questions: list[dict], use_chat_template: bool | None, instruction: str | None = None
+) -> list[list[int]]:
+    """Token ids of each question's prompt (:func:`format_mcq_prompt` with ``instruction``), through the chat
+    template when the tokenizer has one (unless ``use_chat_template=False``)."""
     chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template
     out = []
     for q in questions:
-        text = format_mcq_prompt(q["question"], q["options"])
+        text = format_mcq_prompt(q["question"], q["options"], instruction)
         if chat:
             ids = tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True

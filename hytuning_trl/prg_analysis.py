@@ -76,8 +76,10 @@ def load_traces(
     step_separator: str = "\n\n",
     use_chat_template: bool | None = None,
     max_samples: int | None = None,
+    instruction: str | None = None,
 ) -> list[Trace]:
-    """Read traces into prompt ids, reasoning steps (token lists, as the tokenizer cuts them) and gold letters."""
+    """Read traces into prompt ids, reasoning steps (token lists, as the tokenizer cuts them) and gold letters.
+    MedQA-style rows are rendered with ``instruction`` (default :data:`~hytuning_trl.mcq.MCQ_INSTRUCTION`)."""
     if isinstance(source, str):
         if not os.path.exists(source):
             raise FileNotFoundError(f"No such trace file: {source}")
@@ -101,7 +103,7 @@ def load_traces(
     for i, row in enumerate(rows):
         if "reasoning" in row:
             q = load_mcq([row])[0]
-            prompt_ids = render_prompts(tokenizer, [q], chat)[0]
+            prompt_ids = render_prompts(tokenizer, [q], chat, instruction)[0]
             completion = f"{str(row['reasoning']).strip()}\nThe answer is {q['answer_idx']}."
             options: Any = q["options"]
         elif "prompt" in row and "completion" in row:

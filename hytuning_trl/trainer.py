@@ -17,6 +17,7 @@ The private TRL API this module relies on, checked against TRL 1.16.0 (the depen
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -31,6 +32,14 @@ from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .anchor import (
+    AnchorQuestion,
+    AnchorSums,
+    anchor_questions_from_rows,
+    check_anchor_dataset,
+    gold_view,
+    shard_indices,
+)
 from .answers import AnswerExtractor, ParsedCompletion, whitespace_token_ids
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
@@ -192,8 +201,8 @@ class HyTuningTrainer(GRPOTrainer):
             raise TypeError(f"`args` must be a HyTuningConfig, got {type(args).__name__}.")
         _check_train_dataset(train_dataset)
         check_distill_dataset(distill_dataset, args.mixing)
-        if anchor_dataset is not None:
-            check_distill_dataset(anchor_dataset, args.mixing, name="anchor_dataset")
+        if args.mixing != "rl_only":
+            check_anchor_dataset(anchor_dataset, args.anchor_signal)
         _check_peft_zero3(model, args, kwargs.get("peft_config"))
         _check_unsupported(args, processing_class, kwargs)
         if reward_funcs is None:
@@ -232,28 +241,48 @@ class HyTuningTrainer(GRPOTrainer):
         self._trigger_ids = self._tokenizer(args.answer_trigger, add_special_tokens=False)["input_ids"]
 
         self.distill_examples: list[DistillExample] = []
-        self.anchor_examples: list[DistillExample] = []
+        self.anchor_examples: list[DistillExample] = []  # the anchor's expert traces (with steps)
         self._anchor_parsed: list[ParsedCompletion] = []
+        self.anchor_questions: list[AnchorQuestion] = []
         self.distill_iterator: ShardedEndlessIterator | None = None
         if args.mixing != "rl_only":
             tokenize = lambda ds: tokenize_distill_dataset(  # noqa: E731
                 ds, self._tokenizer, args.distill_max_length, self.chat_template_kwargs
             )
             examples = tokenize(distill_dataset)
+            anchor_traces: list[DistillExample] = []
             if anchor_dataset is not None:
-                self.distill_examples, self.anchor_examples = examples, tokenize(anchor_dataset)
+                self.distill_examples = examples
+                columns = anchor_dataset.column_names if hasattr(anchor_dataset, "column_names") else anchor_dataset[0]
+                if "completion" in columns:
+                    anchor_traces = tokenize(anchor_dataset)
+                else:
+                    self.anchor_questions = anchor_questions_from_rows(
+                        anchor_dataset,
+                        self._tokenizer,
+                        instruction=args.mcq_instruction,
+                        chat_template_kwargs=self.chat_template_kwargs,
+                        answer_options=args.answer_options,
+                    )
             else:
                 train_idx, anchor_idx = split_anchor(len(examples), args.anchor_holdout, args.seed)
                 self.distill_examples = [examples[i] for i in train_idx]
-                self.anchor_examples = [examples[i] for i in anchor_idx]
+                anchor_traces = [examples[i] for i in anchor_idx]
                 self.mixing.state.anchor_indices = anchor_idx
-            if args.mixing in ("prg", "prg_gap") and not self.anchor_examples:
+            if args.mixing in ("prg", "prg_gap") and not (anchor_traces or self.anchor_questions):
                 raise ValueError(
-                    f"mixing={args.mixing!r} needs held-out anchor traces, but there are none: pass "
+                    f"mixing={args.mixing!r} needs held-out anchor questions, but there are none: pass "
                     f"`anchor_dataset`, or give `distill_dataset` at least 4 traces and `anchor_holdout` >= 1 (now "
                     f"{args.anchor_holdout}; {len(examples)} traces give min(anchor_holdout, n // 4) = 0)."
                 )
-            self._anchor_parsed = [self._parse_anchor(i, e) for i, e in enumerate(self.anchor_examples)]
+            for i, example in enumerate(anchor_traces):
+                parsed = self._parse_anchor(i, example, require_steps=args.anchor_signal == "trace")
+                self.anchor_questions.append(
+                    AnchorQuestion(example.prompt_ids, parsed.answer, example.options, example)
+                )
+                if parsed.spans:
+                    self.anchor_examples.append(example)
+                    self._anchor_parsed.append(parsed)
             self.distill_iterator = ShardedEndlessIterator(
                 len(self.distill_examples),
                 args.distill_per_device_batch_size,
@@ -288,21 +317,22 @@ class HyTuningTrainer(GRPOTrainer):
         return self.accelerator.reduce(t, reduction="sum").tolist() if self.accelerator.num_processes > 1 else values
 
     # ------------------------------------------------------------------ scoring
-    def _parse_anchor(self, index: int, example: DistillExample) -> ParsedCompletion:
-        """Read an anchor trace; refuse one without steps or without a stated gold answer."""
+    def _parse_anchor(self, index: int, example: DistillExample, require_steps: bool) -> ParsedCompletion:
+        """Read an anchor trace; refuse one without a stated gold answer, and (``anchor_signal='trace'``) one
+        without steps."""
         parsed = self.answer_extractor.parse(example.completion_ids, example.options)
         problem = None
         if parsed.answer is None and example.truncated:
             problem = "lost its answer statement to `distill_max_length`; raise it"
         elif parsed.answer is None:
             problem = "states no answer the answer contract can read (e.g. 'The answer is B.')"
-        elif not parsed.spans:
+        elif require_steps and not parsed.spans:
             problem = "has no reasoning before its answer statement (K = 0)"
         if problem:
             raise ValueError(
-                f"Anchor trace {index} ({example.completion_text[:60]!r}...) {problem}; the anchor measures the gold "
-                "answer's gain along expert steps. Fix or drop the trace (`anchor_dataset`, or the distill dataset "
-                "it is split from)."
+                f"Anchor trace {index} ({example.completion_text[:60]!r}...) {problem}; the anchor needs the gold "
+                "answer (and, under anchor_signal='trace', expert steps). Fix or drop the trace (`anchor_dataset`, or "
+                "the distill dataset it is split from)."
             )
         return parsed
 
@@ -389,7 +419,7 @@ class HyTuningTrainer(GRPOTrainer):
         if mode == "train":
             anchor_prg = anchor_gain = None
             round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
-            if self._anchor_parsed and round_index % self.args.prg_every == 0:
+            if self.anchor_questions and round_index % self.args.prg_every == 0:
                 anchor_prg, anchor_gain = self._anchor_round()
             self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
         return output
@@ -435,7 +465,70 @@ class HyTuningTrainer(GRPOTrainer):
         return policy
 
     def _anchor_round(self) -> tuple[float | None, float | None]:
-        """Score this process's shard of the anchor traces; return the global mean PRG and mean gain ``G``."""
+        """One anchor round (:mod:`hytuning_trl.anchor`): return the global mean PRG of the anchor traces (rule
+        ``prg_gap``) and the mean gain ``G`` of the signal in use (rule ``prg``)."""
+        if self.args.anchor_signal == "trace":
+            return self._trace_anchor_round(prefix="anchor")
+        trace_prg = None
+        if self.anchor_examples:
+            trace_prg, _ = self._trace_anchor_round(prefix="anchor_trace")
+        return trace_prg, self._own_anchor_round()
+
+    def _own_anchor_round(self) -> float | None:
+        """The policy answers this process's (padded) shard of the anchor questions with its own greedy reasoning;
+        the gold answer is scored along its steps. Logs the global means; returns the mean ``G``."""
+        acc = self.accelerator
+        indices, real = shard_indices(len(self.anchor_questions), acc.process_index, acc.num_processes)
+        questions = [self.anchor_questions[i] for i in indices]
+        completions = self._generate_greedy([q.prompt_ids for q in questions])
+        own = [self.answer_extractor.parse(c, q.options, always_steps=True) for c, q in zip(completions, questions)]
+        scored = [gold_view(p, q, self._tokenizer) for p, q in zip(own, questions)]
+        records = self._score([q.prompt_ids for q in questions], completions, scored, stats=False)
+        sums = AnchorSums()
+        for record, parsed, question, is_real in zip(records, own, questions, real):
+            if is_real:
+                sums.add(record, parsed, question)
+        s = AnchorSums.from_list(self._reduce_sums(sums.as_list()))
+        metrics = self._metrics["train"]
+        metrics["hytuning/anchor_nonfinite"].append(s.nonfinite)
+        if not s.count:
+            return None
+        metrics["hytuning/anchor_gain"].append(s.gain / s.count)
+        metrics["hytuning/anchor_p0"].append(s.p0 / s.count)
+        metrics["hytuning/anchor_pK"].append(s.pk / s.count)
+        metrics["hytuning/anchor_accuracy"].append(s.correct / s.count)
+        metrics["hytuning/anchor_stated"].append(s.stated / s.count)
+        if s.brier_n:
+            metrics["hytuning/anchor_brier"].append(s.brier / s.brier_n)
+        return s.gain / s.count
+
+    def _generate_greedy(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Greedy completions (at most ``max_completion_length`` tokens, EOS kept) through TRL's own generation path
+        for one turn (plain ``generate``, ZeRO-3 with gathered weights, vLLM colocate or server), without touching
+        TRL's metrics or token counts, and with the random state of the rollouts restored afterwards."""
+        vllm = getattr(self, "vllm_generation", None) if self.use_vllm else None
+        saved_config, saved_temperature = getattr(self, "generation_config", None), getattr(vllm, "temperature", None)
+        if saved_config is not None:
+            greedy = copy.deepcopy(saved_config)
+            greedy.do_sample = False
+            greedy.temperature = greedy.top_p = greedy.top_k = greedy.min_p = greedy.repetition_penalty = None
+            self.generation_config = greedy
+        if vllm is not None:
+            vllm.temperature = 0.0  # vLLM's greedy decoding
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                completion_ids, _ = self._generate_single_turn(prompt_ids, None, {}, 1)
+        finally:
+            if saved_config is not None:
+                self.generation_config = saved_config
+            if vllm is not None:
+                vllm.temperature = saved_temperature
+        return [list(c) for c in completion_ids]
+
+    def _trace_anchor_round(self, prefix: str) -> tuple[float | None, float | None]:
+        """Score this process's shard of the anchor traces (teacher-forced); log the gain as ``hytuning/{prefix}_gain``
+        and return the global mean PRG and mean gain ``G``."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(range(rank, len(self.anchor_examples), world))
         traces = [self.anchor_examples[i] for i in mine]
@@ -454,12 +547,13 @@ class HyTuningTrainer(GRPOTrainer):
                 sums[5] += 1
         gain, p0, pk, prg, count, nonfinite = self._reduce_sums(sums)
         metrics = self._metrics["train"]
-        metrics["hytuning/anchor_nonfinite"].append(nonfinite)
+        metrics[f"hytuning/{prefix}_nonfinite"].append(nonfinite)
         if not count:
             return None, None
-        metrics["hytuning/anchor_gain"].append(gain / count)
-        metrics["hytuning/anchor_p0"].append(p0 / count)
-        metrics["hytuning/anchor_pK"].append(pk / count)
+        metrics[f"hytuning/{prefix}_gain"].append(gain / count)
+        if prefix == "anchor":  # v2's names, unchanged
+            metrics["hytuning/anchor_p0"].append(p0 / count)
+            metrics["hytuning/anchor_pK"].append(pk / count)
         metrics["hytuning/prg_anchor"].append(prg / count)
         return prg / count, gain / count
 

@@ -1,6 +1,7 @@
 """The installed console commands, run as a user runs them: exit status and output."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_hytuning_eval_success(tmp_path, trained_dir, mcq):
     out = _run(
         "hytuning-eval",
         "--model_name_or_path", trained_dir, "--dataset_name", data, "--output_dir", out_dir,
-        "--max_new_tokens", 64, "--batch_size", 3,
+        "--max_new_tokens", 64, "--batch_size", 3, "--mcq_instruction", "Reason, then name the letter.",
     )  # fmt: skip
     # Bug it catches: main() returning its result dict, which the console wrapper prints and exits 1 on.
     assert out.returncode == 0, out.stderr
@@ -50,7 +51,14 @@ def test_hytuning_eval_success(tmp_path, trained_dir, mcq):
     assert report["n"] == 5 and report["settings"]["max_new_tokens"] == 64 and len(report["bins"]) == 15
     assert report["metrics"]["stated_only"] is None or report["metrics"]["stated_only"]["n"] <= 5
     assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len((out_dir / "predictions.jsonl").read_text().splitlines()) == 5
+    predictions = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 5
+    assert report["settings"]["instruction"] == "Reason, then name the letter."
+    for p in predictions:  # post-hoc calibration reads these: one log-probability per option, normalised
+        assert p["option_letters"] == sorted(p["option_letters"]) and len(p["option_logprobs"]) == 4
+        probs = [math.exp(lp) for lp in p["option_logprobs"]]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-6)
+        assert probs[p["option_letters"].index(p["chosen"])] == pytest.approx(p["confidence"], abs=1e-6)
 
 
 def test_hytuning_eval_bad_input(tmp_path, trained_dir, mcq):

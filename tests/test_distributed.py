@@ -75,8 +75,27 @@ def ddp_run(trained_dir, tmp_path_factory):
         "3",
         "--token_budget",
         "200",
+        "--anchor_rows",
+        "5",
     ]
     return out, _launch("ddp", out, *args)
+
+
+def _own_anchor_by_hand(trained_dir, results):
+    """The first own-reasoning anchor round, computed here by hand on the initial model (greedy generate, plain
+    forwards), against what both processes logged: the 5 questions were sharded 3 + 2 (padded to 3 each)."""
+    from test_anchor import hand_own_anchor
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    questions = [tuple(q) for q in results[0]["anchor_questions"]]
+    assert len(questions) == 5 and results[1]["anchor_questions"] == results[0]["anchor_questions"]
+    trigger = tokenizer("\nThe answer is", add_special_tokens=False)["input_ids"]
+    expected = hand_own_anchor(AutoModelForCausalLM.from_pretrained(trained_dir), tokenizer, questions, 64, trigger)
+    for r in results:
+        first = r["logs"][0]
+        for name, value in zip(("anchor_gain", "anchor_accuracy", "anchor_stated", "anchor_brier"), expected):
+            assert first[f"hytuning/{name}"] == pytest.approx(value, abs=1e-4), (r["rank"], name)
 
 
 @pytest.mark.multiprocess
@@ -87,7 +106,7 @@ def test_ddp_trains_in_lockstep(ddp_run):
     assert results[0]["step_counts"] and set(results[0]["step_counts"]) == {1}  # different step counts per process
     assert set(results[1]["step_counts"]) == {4}
     _traces_sharded(results)
-    assert results[0]["batches_per_epoch"] == 2  # 9 training traces (3 of 12 held out as the anchor) / (2 x 2)
+    assert results[0]["batches_per_epoch"] == 3  # 12 training traces (the anchor is 5 question rows) / (2 x 2)
     for r in results:
         assert r["finite"] and all(h["loss"] == h["loss"] for h in r["logs"])
     # injected: a NaN PRG on process 0 and a NaN RD loss on process 1, both counted, identical on both processes
@@ -102,17 +121,37 @@ def test_ddp_resume_restores_state(ddp_run, trained_dir):
     out, _ = ddp_run
     ckpt = out / "checkpoint-2"
     saved = json.loads((ckpt / "hytuning_state.json").read_text())
-    resumed = _launch("ddp", out, "--model", trained_dir, "--scripted", "--max_steps", "3", "--resume", str(ckpt))
+    resumed = _launch(
+        "ddp",
+        out,
+        "--model",
+        trained_dir,
+        "--scripted",
+        "--max_steps",
+        "3",
+        "--resume",
+        str(ckpt),
+        "--anchor_rows",
+        "5",
+    )
     for r in resumed:
-        assert r["restored"] == saved
-    assert saved["rd_position"] == 2 and saved["generation_rounds"] == 2
+        assert r["restored"] == saved  # the own-reasoning anchor's EMA among it, exactly
+    assert saved["rd_position"] == 2 and saved["generation_rounds"] == 2 and saved["anchor_gain_ema"] is not None
+
+
+@pytest.mark.multiprocess
+def test_ddp_own_anchor_by_hand(ddp_run, trained_dir):
+    _own_anchor_by_hand(trained_dir, ddp_run[1])
 
 
 @pytest.mark.multiprocess
 def test_zero3_two_processes(trained_dir, tmp_path):
     results = _launch(
-        "zero3", tmp_path, "--model", trained_dir, "--scripted", "--max_steps", "3", "--token_budget", "200"
+        "zero3",
+        tmp_path,
+        *("--model", trained_dir, "--scripted", "--max_steps", "3", "--token_budget", "200", "--anchor_rows", "5"),
     )
+    _own_anchor_by_hand(trained_dir, results)
     lams = _same_lam_every_step(results)
     assert len(set(lams)) > 1
     assert set(results[0]["step_counts"]) == {1} and set(results[1]["step_counts"]) == {4}

@@ -61,9 +61,12 @@ def _hand_anchor_gain(trainer, model):
 
 
 def test_prg_mixing_v2(build_trainer, trained_model):
-    """The default rule on the held-out anchor: the logged gain equals the gain computed by hand before the first
-    update, and each next weight is min + (max - min) * (1 - clip(EMA(G), 0, 1)) with decay 0.5, by hand."""
-    trainer = build_trainer(max_steps=3, learning_rate=1e-3, reward_funcs=[SelfCertaintyReward(), PRGReward()])
+    """The v2 anchor (anchor_signal='trace'), unchanged: the logged gain along the expert traces equals the gain
+    computed by hand before the first update, and each next weight is min + (max - min) * (1 - clip(EMA(G), 0, 1))
+    with decay 0.5, by hand."""
+    trainer = build_trainer(
+        max_steps=3, learning_rate=1e-3, reward_funcs=[SelfCertaintyReward(), PRGReward()], anchor_signal="trace"
+    )
     anchor_texts = {e.completion_text for e in trainer.anchor_examples}
     assert len(trainer.anchor_examples) == 4 and len(trainer.distill_examples) == 12  # min(16, 16 // 4) held out
     assert not anchor_texts & {e.completion_text for e in trainer.distill_examples}  # never trained on

@@ -61,6 +61,7 @@ def main():
     p.add_argument("--token_budget", type=int, default=16384)
     p.add_argument("--mixing", default="prg")
     p.add_argument("--no_gradient_checkpointing", action="store_true")
+    p.add_argument("--anchor_rows", type=int, default=0, help="anchor: this many question rows (no traces)")
     a = p.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
@@ -69,6 +70,12 @@ def main():
     train = Dataset.from_list([{"prompt": e["prompt"], "options": e["options"]} for e in mcq])
     traces = scripted_examples(12, seed=22)
     distill = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in traces])
+    anchor = None
+    if a.anchor_rows:
+        questions = scripted_examples(a.anchor_rows, seed=23)
+        anchor = Dataset.from_list(
+            [{"question": e["question"], "options": e["options"], "answer_idx": e["answer"]} for e in questions]
+        )
     args = HyTuningConfig(
         output_dir=a.out,
         use_cpu=True,
@@ -139,6 +146,7 @@ def main():
         args=args,
         train_dataset=train,
         distill_dataset=None if a.mixing == "rl_only" else distill,
+        anchor_dataset=anchor,
         processing_class=tokenizer,
         callbacks=[Spy()],
         rollout_func=rollout_func,
@@ -172,6 +180,7 @@ def main():
         "trainable": len(trainable),
         "lora": any("lora" in n for n in trainable),
         "final_mixing": trainer.mixing_state.to_dict(),
+        "anchor_questions": [[q.prompt_ids, q.gold, q.options] for q in trainer.anchor_questions],
     }
     with open(os.path.join(a.out, f"rank{result['rank']}.json"), "w") as f:
         json.dump(result, f, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
