@@ -134,10 +134,16 @@ def _rd_reference(model, trainer, drawn, steps, ga):
     return out
 
 
-def _assert_close(got, expected, what):
+def _assert_close(got, expected, what, atol=1e-7):
     assert got.keys() == expected.keys()
     for name in got:
-        torch.testing.assert_close(got[name], expected[name], rtol=RTOL, atol=1e-7, msg=f"{what}: {name}")
+        torch.testing.assert_close(got[name], expected[name], rtol=RTOL, atol=atol, msg=f"{what}: {name}")
+
+
+# The interpolation is one backward of 0.7 * GRPO + 0.3 * RD against a weighted sum of two separate backwards: float32
+# rounding differs by up to ~2e-7 on gradients of magnitude ~0.2 (measured); a wrong (1 - w) or GA factor moves them
+# by 1e-2 or more.
+MIX_ATOL = 1e-6
 
 
 SETTINGS = [
@@ -177,7 +183,7 @@ def test_loss_by_gradients(tmp_path, build_trainer, trained_model, trained_token
         _assert_close(rl[s], plain[s], f"rl_only vs GRPOTrainer, step {s}")
         _assert_close(rd[s], reference_rd[s], f"rd_only vs hand NLL, step {s}")
         expected = {n: 0.7 * plain[s][n] + 0.3 * reference_rd[s][n] for n in plain[s]}
-        _assert_close(mix[s], expected, f"constant 0.3 vs interpolation, step {s}")
+        _assert_close(mix[s], expected, f"constant 0.3 vs interpolation, step {s}", atol=MIX_ATOL)
         assert max(g.abs().max().item() for g in plain[s].values()) > 1e-6  # the GRPO part is not trivially zero
 
 
@@ -219,4 +225,4 @@ def test_loss_by_gradients_two_processes(trained_dir, tmp_path):
     _assert_close(g["rl_only"], g["plain"], "2 processes: rl_only vs GRPOTrainer")
     _assert_close(g["rd_only"], saved["ref"], "2 processes: rd_only vs hand NLL")
     expected = {n: 0.7 * g["plain"][n] + 0.3 * saved["ref"][n] for n in g["plain"]}
-    _assert_close(g["constant"], expected, "2 processes: constant 0.3 vs interpolation")
+    _assert_close(g["constant"], expected, "2 processes: constant 0.3 vs interpolation", atol=MIX_ATOL)

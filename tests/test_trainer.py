@@ -135,8 +135,10 @@ def test_anchor_refusals(build_trainer, distill_dataset):
     long_trace = {"prompt": "Question: which organ?", "completion": "we look. " * 200 + "\n\nThe answer is A."}
     with pytest.raises(ValueError, match=r"Anchor trace 0 .*distill_max_length"):
         build_trainer(anchor_dataset=Dataset.from_list([long_trace, steps_ok]), distill_max_length=64)
-    with pytest.raises(ValueError, match=r"Anchor trace 0 .*K = 0"):
-        build_trainer(anchor_dataset=Dataset.from_list([no_steps, steps_ok]))
+    with pytest.raises(ValueError, match=r"Anchor trace 0 .*K = 0"):  # v2 needs expert steps
+        build_trainer(anchor_dataset=Dataset.from_list([no_steps, steps_ok]), anchor_signal="trace")
+    own = build_trainer(anchor_dataset=Dataset.from_list([no_steps, steps_ok]))  # v3 needs the gold answer only
+    assert [q.gold for q in own.anchor_questions] == ["A", "A"] and len(own.anchor_examples) == 1
     trainer = build_trainer(anchor_dataset=Dataset.from_list([steps_ok, steps_ok]))
     assert len(trainer.distill_examples) == 16 and len(trainer.anchor_examples) == 2
     assert trainer.mixing_state.anchor_indices == []

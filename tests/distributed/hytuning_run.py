@@ -129,6 +129,8 @@ def main():
         answers_module.prg_score = prg_score
 
         def nan_head(module, inputs, output):  # rank 1: the RD forward of its 2nd micro-step returns NaN logits
+            if not torch.is_grad_enabled():  # generation (the anchor round's) runs the head too, without grad
+                return output
             calls["rd"] += 1
             return output * float("nan") if rank == 1 and calls["rd"] == 2 else output
 
