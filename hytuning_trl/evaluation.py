@@ -237,6 +237,14 @@ class CalibrationEvalCallback(TrainerCallback):
         indices = list(range(rank, len(self.questions), world))
         indices += indices[-1:] * (per_rank - len(indices)) if indices else [0] * per_rank
         mine = [self.questions[i] for i in indices]
+        sync = getattr(type(trainer), "_sync_num_batches", None)
+        if sync is None and world > 1 and getattr(trainer, "is_deepspeed_enabled", False):
+            raise ValueError(
+                f"CalibrationEvalCallback on {type(trainer).__name__} under DeepSpeed with {world} processes: the "
+                "scoring pass must run the same number of forwards on every process (ZeRO-3 hangs otherwise), which "
+                "needs the trainer's `_sync_num_batches`. Use hytuning_trl.HyTuningTrainer, or evaluate after "
+                "training with `hytuning-eval`."
+            )
         tokenizer = trainer.processing_class
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         with unwrap_model_for_generation(trainer.model_wrapped, acc) as unwrapped:
@@ -245,7 +253,7 @@ class CalibrationEvalCallback(TrainerCallback):
                 tokenizer,
                 mine,
                 generate_model=unwrapped,
-                sync_num_batches=trainer._sync_num_batches if hasattr(trainer, "_sync_num_batches") else None,
+                sync_num_batches=trainer._sync_num_batches if sync is not None else None,
                 **self.eval_kwargs,
             )
         from accelerate.utils import gather_object

@@ -185,6 +185,16 @@ def probe_tolerance(dtype: torch.dtype) -> float:
     return 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
 
 
+#: What a model (its attention implementation or kernel) raises when it refuses a custom 4D mask. A TypeError,
+#: IndexError, KeyError or AttributeError is a bug in the packed path and is not taken for a refusal.
+MASK_REFUSALS = (ValueError, NotImplementedError, RuntimeError)
+
+
+def packed_scoring_verdict(model: nn.Module) -> bool | None:
+    """Whether the probe found that ``model`` takes the packed 4D mask (``None`` until it has run)."""
+    return getattr(unwrap_model(model), _PACKED_OK_ATTR, None)
+
+
 def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bool:
     """Check once per model that the packed 4D mask gives what separate forwards give (it may raise, or be ignored
     silently by an attention kernel that does not take custom masks)."""
@@ -206,7 +216,7 @@ def _packed_mask_works(model: nn.Module, run: Callable[[list[Row]], list]) -> bo
             packed.self_certainty, naive[-1].self_certainty, atol=tol
         )
         reason = "its results differ from separate forwards"
-    except Exception as exc:  # noqa: BLE001 - any refusal of the mask means: use the reference path
+    except MASK_REFUSALS as exc:  # what a model raises when it refuses the mask; anything else is a bug: it raises
         ok = False
         reason = f"it raised {type(exc).__name__}: {exc}"
     if not ok:

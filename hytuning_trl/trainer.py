@@ -56,7 +56,7 @@ from .evaluation import CalibrationEvalCallback
 from .mixing import MixingController, RoundMeans
 from .model_card import write_model_card
 from .rewards import SelfCertaintyReward
-from .scoring import RolloutStats, score_rollouts
+from .scoring import RolloutStats, packed_scoring_verdict, score_rollouts
 
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
@@ -233,6 +233,7 @@ class HyTuningTrainer(GRPOTrainer):
         self._rollout_rows: list[dict] | None = None
         self._round_stats: list[RolloutStats] = []
         self._missing_window: list[float] = []
+        self._packed_logged = False
         self._warned_missing = False
         self.answer_extractor = AnswerExtractor.from_config(
             self._tokenizer, args, special_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id]
@@ -456,6 +457,12 @@ class HyTuningTrainer(GRPOTrainer):
         metrics["hytuning/prg_nonfinite"].append(nonfinite)
         metrics["hytuning/answer_forced_rate"].append(forced / max(n, 1))
         metrics["hytuning/num_steps"].append(steps / max(n, 1))
+        if not self._packed_logged:  # the scoring path in use, once: a silent fallback is a 5x slowdown
+            method = self.args.scoring_method
+            verdict = packed_scoring_verdict(self.model) if method == "auto" else method == "packed"
+            if verdict is not None:
+                metrics["hytuning/packed_scoring"].append(float(verdict))
+                self._packed_logged = True
         if sc_n:
             metrics["hytuning/self_certainty"].append(sc_sum / sc_n)
         if conf_n:
@@ -631,12 +638,23 @@ class HyTuningTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """TRL's ``save_model`` (full model or PEFT adapter), then the HyTuning model card in the same folder."""
+        """TRL's ``save_model`` (full model or PEFT adapter), then the HyTuning model card in the same folder (the
+        internal calls of checkpoints and ``push_to_hub`` get it from :meth:`create_model_card`)."""
         super().save_model(output_dir, _internal_call)
-        if _internal_call or not self.is_world_process_zero():
-            return
-        write_model_card(
-            output_dir or self.args.output_dir,
+        if not _internal_call and self.is_world_process_zero():
+            self._write_model_card(output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's hook, called by ``push_to_hub`` and at every checkpoint save: the HyTuning card (base model, mixing
+        rule, rd_weight by step, calibration figures when a report is in the folder, citation, the not-for-clinical-use
+        warning) replaces the GRPO card TRL writes into ``output_dir``, so what is uploaded keeps the warning."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir)
+
+    def _write_model_card(self, folder: str) -> str:
+        return write_model_card(
+            folder,
             self.base_model_name,
             self.args.mixing,
             rd_weight_trajectory=[

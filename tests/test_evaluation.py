@@ -65,3 +65,23 @@ def test_calibration_eval_callback_logs(build_trainer, mcq):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all("eval_calibration/ece" in h and "eval_calibration/accuracy" in h for h in logs)
     assert len(callback.history) == 2 and callback.history[0]["n"] == 4
+
+
+def test_calibration_callback_refuses_zero3_without_sync(mcq):
+    """Bug it catches: a plain GRPOTrainer (no `_sync_num_batches`) under DeepSpeed on several processes evaluated
+    without synchronised forwards, which hangs ZeRO-3: refused with the fix instead."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from hytuning_trl import CalibrationEvalCallback
+
+    callback = CalibrationEvalCallback([{k: e[k] for k in ("question", "options", "answer_idx")} for e in mcq[:4]])
+    plain = SimpleNamespace(
+        accelerator=SimpleNamespace(num_processes=2, process_index=0),
+        is_deepspeed_enabled=True,
+        args=SimpleNamespace(),
+    )
+    callback.bind(plain)
+    with pytest.raises(ValueError, match="_sync_num_batches.*HyTuningTrainer"):
+        callback.evaluate()

@@ -149,3 +149,40 @@ def test_dtensor_head_is_gathered(tmp_path):
     finally:
         if started:
             dist.destroy_process_group()
+
+
+class _MaskHook:
+    """Raises ``error`` from the model's forward whenever it is given a 4D attention mask (the packed layout)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __call__(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    "error,refused",
+    [
+        (ValueError("custom 4D masks are not supported by this attention"), True),  # a refusal: fall back, warn
+        (NotImplementedError("4D mask"), True),
+        (TypeError("a bug in the packed path"), False),  # a bug: it raises, never a silent 5x slowdown
+        (IndexError("a bug in the packed path"), False),
+    ],
+)
+def test_packed_probe_catches_only_refusals(tokenizer, error, refused):
+    from hytuning_trl.scoring import packed_scoring_verdict
+
+    model = tiny_model(tokenizer, seed=2, hidden_size=32).eval()
+    model.model.register_forward_pre_hook(_MaskHook(error), with_kwargs=True)
+    call = dict(step_spans=[[(0, 2)]], trigger_ids=[7], answer_ids=[[30]])
+    if refused:
+        with pytest.warns(UserWarning, match="does not take the packed 4D attention mask"):
+            [stats] = score_rollouts(model, [[3, 4, 5]], [[10, 11, 12]], **call)
+        assert packed_scoring_verdict(model) is False and len(stats.answer_logprobs) == 2  # the naive path ran
+    else:
+        with pytest.raises(type(error), match="a bug in the packed path"):
+            score_rollouts(model, [[3, 4, 5]], [[10, 11, 12]], **call)
+        assert packed_scoring_verdict(model) is None  # no verdict cached from a bug

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -75,6 +76,8 @@ def test_prg_mixing_v2(build_trainer, trained_model):
     logs = _logs(trainer)
     assert logs[0]["hytuning/anchor_gain"] == pytest.approx(expected_first, abs=1e-4)
     assert logs[0]["hytuning/rd_weight"] == pytest.approx(0.5)  # rd_weight until the EMA has a value
+    # the probe's verdict, logged once: the tiny Llama takes the packed mask
+    assert logs[0]["hytuning/packed_scoring"] == 1.0 and all("hytuning/packed_scoring" not in h for h in logs[1:])
     ema = None
     for i, h in enumerate(logs):
         ema = h["hytuning/anchor_gain"] if ema is None else 0.5 * ema + 0.5 * h["hytuning/anchor_gain"]
@@ -238,7 +241,35 @@ def test_completions_table_and_model_card(tmp_path, build_trainer):
     assert table["hytuning_prg"].notna().any()
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "HyTuning" in card and "2604.08454" in card
+    assert "HyTuning" in card and "2604.08454" in card and "Not for clinical use" in card
+
+
+def test_push_to_hub_uploads_the_hytuning_card(tmp_path, build_trainer, trained_dir, monkeypatch):
+    """Bug it catches: push_to_hub saving with _internal_call=True (no HyTuning card) and TRL's create_model_card
+    then writing the GRPO card, without the clinical warning, over README.md. A checkpoint save (no save_model call)
+    leaves the same card in output_dir."""
+    import transformers.trainer as trainer_module
+    from transformers import AutoModelForCausalLM
+
+    uploaded = {}
+
+    class StandInHub:
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploaded["repo_id"] = repo_id
+            uploaded["readme"] = open(os.path.join(folder_path, "README.md")).read()
+            return "commit"
+
+    monkeypatch.setattr(trainer_module, "hf_api", lambda: StandInHub())
+    model = AutoModelForCausalLM.from_pretrained(trained_dir)
+    trainer = build_trainer(model=model, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    card = (tmp_path / "out" / "README.md").read_text()  # written at the checkpoint saves
+    assert "Not for clinical use" in card and f"Base model: `{trained_dir}`" in card and "[None]" not in card
+    trainer.hub_model_id = "someone/tiny-hytuning"
+    trainer.push_to_hub()
+    assert uploaded["repo_id"] == "someone/tiny-hytuning"
+    assert "Not for clinical use" in uploaded["readme"] and "Mixing rule: `prg`" in uploaded["readme"]
+    assert "`rd_weight` by optimizer step: 0.500, " in uploaded["readme"]
 
 
 POOL = [
