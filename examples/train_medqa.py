@@ -289,9 +289,8 @@ def evaluate_to(
     """Calibration report of a saved model. Every process loads the model whole (outside ZeRO-3), answers its own
     shard of the questions, and the records are gathered; the main process writes the report. Returns the metrics
     on the main process."""
-    from accelerate.utils import gather_object
-
     from hytuning_trl.evaluation import summarise
+    from hytuning_trl.sharding import gather_in_order
 
     state = PartialState()
     with _outside_zero3():
@@ -302,7 +301,7 @@ def evaluate_to(
         else:
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model.to(state.device)
-    mine = list(range(state.process_index, len(questions), state.num_processes))
+    mine = list(range(state.process_index, len(questions), state.num_processes))  # whole model: no padding needed
     result = evaluate_mcq(
         model,
         tokenizer,
@@ -312,12 +311,12 @@ def evaluate_to(
         progress=state.is_main_process,
         instruction=instruction,
     )
-    tagged = gather_object([(i, r) for i, r in zip(mine, result.records)])
+    records = gather_in_order(mine, result.records)
     del model
     gc.collect()
     if not state.is_main_process:
         return None
-    result.records = [r for _, r in sorted(tagged, key=lambda x: x[0])]
+    result.records = records
     result.metrics = summarise(result.records)
     result.settings["processes"] = state.num_processes
     write_report(result, output_dir, title=title, extra={"model": model_path, "dtype": str(dtype)})

@@ -24,8 +24,8 @@ from .callbacks import PRGCallback
 from .config import HyTuningConfig
 from .evaluation import CalibrationEvalCallback, evaluate_mcq
 from .mcq import load_mcq
-from .mixing import MixingState, normalised_gain
-from .prg import answer_logprob_trajectory, prg_score, split_steps
+from .mixing import MixingState
+from .prg import answer_logprob_trajectory, normalised_gain, prg_score, split_steps
 from .prg_analysis import analyse_prg
 from .report import write_report
 from .rewards import (

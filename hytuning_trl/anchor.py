@@ -29,7 +29,7 @@ from typing import Any
 from .answers import ParsedCompletion, _normalise_text, option_letters
 from .distill import DistillExample
 
-__all__ = ["AnchorQuestion", "AnchorSums", "anchor_questions_from_rows", "check_anchor_dataset", "shard_indices"]
+__all__ = ["AnchorQuestion", "AnchorSums", "anchor_questions_from_rows", "check_anchor_dataset", "gold_view"]
 
 
 @dataclass
@@ -125,17 +125,6 @@ def anchor_questions_from_rows(
             )
         out.append(AnchorQuestion(_tokenize_prompt(row["prompt"], tokenizer, chat_template_kwargs), gold, options))
     return out
-
-
-def shard_indices(n: int, rank: int, world: int) -> tuple[list[int], list[bool]]:
-    """This process's anchor indices (every ``world``-th from ``rank``), padded by repeating one of them to
-    ``ceil(n / world)``, and which entries are real (padding is generated and scored, and left out of the sums)."""
-    per_rank = math.ceil(n / world) if n else 0
-    mine = list(range(rank, n, world))
-    real = [True] * len(mine)
-    pad = per_rank - len(mine)
-    mine += [mine[-1] if mine else 0] * pad
-    return mine, real + [False] * pad
 
 
 def gold_view(parsed: ParsedCompletion, question: AnchorQuestion, tokenizer: Any) -> ParsedCompletion:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import ANSWER_PROBABILITIES, DEFAULT_ANSWER_PATTERN
+from .constants import ANSWER_PROBABILITIES, DEFAULT_ANSWER_PATTERN, DEFAULT_STEP_SEPARATOR
 from .prg import prg_score, split_steps
 
 __all__ = [
@@ -193,7 +193,7 @@ class AnswerExtractor:
         tokenizer: Any,
         *,
         answer_pattern: str = DEFAULT_ANSWER_PATTERN,
-        step_separator: str = "\n\n",
+        step_separator: str = DEFAULT_STEP_SEPARATOR,
         prg_max_steps: int = 16,
         answer_options: Sequence[str] | None = None,
         answer_probability: str = "auto",
@@ -288,7 +288,7 @@ class AnswerExtractor:
                 self.step_separator,
                 reasoning_end=end,
                 max_steps=self.prg_max_steps,
-                fallback_separator="\n" if self.step_separator == "\n\n" else None,
+                fallback_separator="\n" if self.step_separator == DEFAULT_STEP_SEPARATOR else None,
                 cache=self._text_cache,
             )
         return ParsedCompletion(text, answer, answer_ids, option_ids, letters, spans)

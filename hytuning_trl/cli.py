@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_MCQ_INSTRUCTION, PRG_AGGREGATIONS
+from .constants import (
+    DEFAULT_ANSWER_PATTERN,
+    DEFAULT_ANSWER_TRIGGER,
+    DEFAULT_MCQ_INSTRUCTION,
+    PRG_AGGREGATIONS,
+    split_options,
+)
 from .evaluation import evaluate_mcq
 from .mcq import load_mcq
 from .prg_analysis import PRGAnalysis, analyse_prg, format_validity, load_traces, write_analysis
@@ -141,9 +147,7 @@ class PRGArguments:
 
 def run_prg(args: PRGArguments) -> PRGAnalysis:
     """Load, analyse, write the report and print the tables."""
-    letters = [o for o in (args.answer_options or "").replace(",", " ").split() if o] or None
-    if letters is not None and (len(letters) < 2 or len(set(letters)) != len(letters)):
-        raise ValueError(f"--answer_options must name at least two distinct options, got {letters}.")
+    letters = split_options(args.answer_options)
     if not os.path.exists(args.traces_file):
         raise FileNotFoundError(f"No such trace file: {args.traces_file}")
     model, tokenizer = load_model(args.model_name_or_path, args.gguf_file, args.dtype, args.device)

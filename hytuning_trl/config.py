@@ -13,9 +13,11 @@ from .constants import (
     DEFAULT_ANSWER_PATTERN,
     DEFAULT_ANSWER_TRIGGER,
     DEFAULT_MCQ_INSTRUCTION,
+    DEFAULT_STEP_SEPARATOR,
     MIXING_RULES,
     PRG_AGGREGATIONS,
     SCORING_METHODS,
+    split_options,
 )
 
 __all__ = ["ANSWER_PROBABILITIES", "HyTuningConfig", "MIXING_RULES"]
@@ -241,7 +243,7 @@ class HyTuningConfig(GRPOConfig):
         default=16, metadata={"help": "Most reasoning steps per completion; more are merged evenly into this many."}
     )
     step_separator: str = field(
-        default="\n\n",
+        default=DEFAULT_STEP_SEPARATOR,
         metadata={
             "help": "A step ends after each token whose text contains this separator. With the default blank line, a "
             "reasoning without one is cut at single newlines instead."
@@ -314,13 +316,7 @@ class HyTuningConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.answer_options is not None:
-            items = [self.answer_options] if isinstance(self.answer_options, str) else list(self.answer_options)
-            self.answer_options = [o for item in items for o in re.split(r"[,\s]+", str(item)) if o]
-            if len(self.answer_options) < 2 or len(set(self.answer_options)) != len(self.answer_options):
-                raise ValueError(
-                    f"`answer_options` must name at least two distinct options, got {self.answer_options}; e.g. "
-                    "answer_options=['A', 'B', 'C', 'D'] or --answer_options A,B,C,D."
-                )
+            self.answer_options = split_options(self.answer_options)
         self._check_choice("mixing", MIXING_RULES)
         self._check_choice("prg_aggregation", PRG_AGGREGATIONS)
         self._check_choice("scoring_method", SCORING_METHODS)

@@ -3,12 +3,18 @@ else of the package)."""
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ANCHOR_SIGNALS",
     "ANSWER_PROBABILITIES",
     "DEFAULT_ANSWER_PATTERN",
     "DEFAULT_ANSWER_TRIGGER",
     "DEFAULT_MCQ_INSTRUCTION",
+    "DEFAULT_STEP_SEPARATOR",
+    "DEFAULT_VOCAB_CHUNK_ELEMS",
+    "split_options",
+    "PAPER",
     "MIXING_RULES",
     "PRG_AGGREGATIONS",
     "SCORING_METHODS",
@@ -32,3 +38,34 @@ DEFAULT_MCQ_INSTRUCTION = (
     "Think step by step, one short paragraph per step separated by blank lines, then finish with "
     '"The answer is" followed by the letter of the best option.'
 )
+#: A reasoning step ends after each token whose text contains this (a blank line; single newlines when there is none).
+DEFAULT_STEP_SEPARATOR = "\n\n"
+#: Logits held at once by the scoring pass's vocabulary projection (one tile: 4M fp32 values, 16 MiB).
+DEFAULT_VOCAB_CHUNK_ELEMS = 1 << 22
+#: The paper, for the trainer's model card (TRL's ``_paper``) and the package's own card.
+PAPER = {
+    "title": "Less Approximates More: Harmonizing Performance and Confidence Faithfulness via Hybrid Post-Training "
+    "for High-Stakes Tasks",
+    "id": "2604.08454",
+    "citation": """@article{hytuning2026,
+    title  = {Less Approximates More: Harmonizing Performance and Confidence Faithfulness via Hybrid Post-Training
+              for High-Stakes Tasks},
+    year   = {2026},
+    eprint = {arXiv:2604.08454},
+}""",
+}
+
+
+def split_options(value: str | list | tuple | None) -> list[str] | None:
+    """Option letters from ``"A,B,C,D"``, ``"A B C D"`` or a list of such items; ``None`` for none. Fewer than two or
+    duplicated letters are a ``ValueError``, named as the config field and the commands' flag are."""
+    if value is None or value == "":
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    letters = [o for item in items for o in re.split(r"[,\s]+", str(item)) if o]
+    if len(letters) < 2 or len(set(letters)) != len(letters):
+        raise ValueError(
+            f"`answer_options` must name at least two distinct options, got {letters}; e.g. "
+            "answer_options=['A', 'B', 'C', 'D'] or --answer_options A,B,C,D."
+        )
+    return letters

@@ -10,7 +10,6 @@ the stated answers alone. Data: :mod:`hytuning_trl.mcq`; reports: :mod:`hytuning
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from transformers import TrainerCallback
 
 from .answers import AnswerExtractor, whitespace_token_ids
 from .calibration import calibration_metrics
-from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER
+from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_STEP_SEPARATOR
 from .mcq import MCQ_INSTRUCTION, load_mcq, render_prompts
 from .scoring import score_rollouts
+from .sharding import gather_in_order, shard_indices
 
 __all__ = ["CalibrationEvalCallback", "MCQEvaluation", "evaluate_mcq", "summarise"]
 
@@ -50,7 +50,7 @@ def evaluate_mcq(
     max_new_tokens: int = 256,
     answer_trigger: str = DEFAULT_TRIGGER,
     answer_pattern: str = DEFAULT_PATTERN,
-    step_separator: str = "\n\n",
+    step_separator: str = DEFAULT_STEP_SEPARATOR,
     use_chat_template: bool | None = None,
     n_bins: int = 15,
     progress: bool = True,
@@ -233,9 +233,7 @@ class CalibrationEvalCallback(TrainerCallback):
         trainer = self.trainer
         acc = trainer.accelerator
         world, rank = acc.num_processes, acc.process_index
-        per_rank = math.ceil(len(self.questions) / world)
-        indices = list(range(rank, len(self.questions), world))
-        indices += indices[-1:] * (per_rank - len(indices)) if indices else [0] * per_rank
+        indices, real = shard_indices(len(self.questions), rank, world)
         mine = [self.questions[i] for i in indices]
         sync = getattr(type(trainer), "_sync_num_batches", None)
         if sync is None and world > 1 and getattr(trainer, "is_deepspeed_enabled", False):
@@ -256,9 +254,5 @@ class CalibrationEvalCallback(TrainerCallback):
                 sync_num_batches=trainer._sync_num_batches if sync is not None else None,
                 **self.eval_kwargs,
             )
-        from accelerate.utils import gather_object
-
-        tagged = gather_object([(i, r) for i, r in zip(indices, result.records)])
-        by_index = dict(tagged)
-        records = [by_index[i] for i in sorted(by_index)]
+        records = gather_in_order(indices, result.records, real)
         return summarise(records, self.eval_kwargs.get("n_bins", 15))

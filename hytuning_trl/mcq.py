@@ -14,7 +14,7 @@ from typing import Any
 
 from .constants import DEFAULT_MCQ_INSTRUCTION
 
-__all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "render_prompts"]
+__all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "render_prompts", "render_text"]
 
 #: The default instruction (config ``mcq_instruction``, ``--mcq_instruction`` of the commands and the example).
 MCQ_INSTRUCTION = DEFAULT_MCQ_INSTRUCTION
@@ -94,14 +94,17 @@ def render_prompts(
     """Token ids of each question's prompt (:func:`format_mcq_prompt` with ``instruction``), through the chat
     template when the tokenizer has one (unless ``use_chat_template=False``)."""
     chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template
-    out = []
-    for q in questions:
-        text = format_mcq_prompt(q["question"], q["options"], instruction)
-        if chat:
-            ids = tokenizer.apply_chat_template(
+    return [
+        render_text(tokenizer, format_mcq_prompt(q["question"], q["options"], instruction), chat) for q in questions
+    ]
+
+
+def render_text(tokenizer: Any, text: str, chat: bool) -> list[int]:
+    """Token ids of one user prompt: as a user message through the chat template (``chat``), else plain text."""
+    if chat:
+        return list(
+            tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
             )["input_ids"]
-        else:
-            ids = tokenizer(text)["input_ids"]
-        out.append(list(ids))
-    return out
+        )
+    return list(tokenizer(text)["input_ids"])

@@ -1,9 +1,10 @@
-"""Mixing v2: the RD weight, its rules as pure functions, and the controller the trainer owns.
+"""Mixing: the RD weight, its rules as pure functions, and the controller the trainer owns.
 
 ``loss = (1 - rd_weight) * L_GRPO + rd_weight * L_RD``. The rules (config ``mixing``):
 
-* ``prg`` (HyTuning, default): on a fixed held-out anchor set of expert traces, each trace's gold answer has the
-  normalised gain along the expert steps::
+* ``prg`` (HyTuning, default): on a fixed held-out anchor, each question's gold answer has the normalised gain
+  (:func:`hytuning_trl.prg.normalised_gain`) along the policy's own reasoning (``anchor_signal="own"``, v3) or along
+  the expert steps of the anchor traces (``"trace"``, v2; see :mod:`hytuning_trl.anchor`)::
 
       G = (p_K - p_0) / (1 - p_0)   if p_K >= p_0        (the share of the possible rise that the steps achieved)
       G = (p_K - p_0) / p_0         otherwise            (the share of the support that the steps destroyed)
@@ -38,7 +39,6 @@ __all__ = [
     "MixingState",
     "chord_weight",
     "compute_rd_weight",
-    "normalised_gain",
     "prg_gap_weight",
     "prg_weight",
     "update_ema",
@@ -81,14 +81,6 @@ def update_ema(ema: float | None, value: float, decay: float) -> float:
     if ema is None:
         return float(value)
     return decay * ema + (1.0 - decay) * float(value)
-
-
-def normalised_gain(p0: float, pk: float, eps: float = 1e-6) -> float:
-    """``G``: ``(p_K - p_0) / (1 - p_0)`` for a rise, ``(p_K - p_0) / p_0`` for a fall, 0 within ``eps``."""
-    delta = pk - p0
-    if abs(delta) < eps:
-        return 0.0
-    return delta / (1.0 - p0) if delta > 0 else delta / p0
 
 
 def prg_weight(gain_ema: float, lo: float, hi: float) -> float:

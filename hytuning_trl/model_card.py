@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from .constants import PAPER
+
 __all__ = ["CLINICAL_WARNING", "render_model_card", "write_model_card"]
 
 CLINICAL_WARNING = (
@@ -14,12 +16,7 @@ CLINICAL_WARNING = (
     "patients, whatever its benchmark figures."
 )
 
-CITATION = """@article{hytuning2026,
-    title  = {Less Approximates More: Harmonizing Performance and Confidence Faithfulness via Hybrid Post-Training
-              for High-Stakes Tasks},
-    year   = {2026},
-    eprint = {arXiv:2604.08454},
-}"""
+CITATION = PAPER["citation"]
 
 _FIGURES = (
     ("accuracy", "accuracy"),

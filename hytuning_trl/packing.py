@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constants import DEFAULT_VOCAB_CHUNK_ELEMS
+
 __all__ = [
     "Row",
     "RowResult",
@@ -255,7 +257,7 @@ def run_rows(
     rows: Sequence[Row],
     *,
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 22,
+    vocab_chunk_elems: int = DEFAULT_VOCAB_CHUNK_ELEMS,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
 ) -> list[RowResult]:

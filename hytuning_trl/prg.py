@@ -28,10 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import PRG_AGGREGATIONS
-from .scoring import score_rollouts
+from .constants import DEFAULT_STEP_SEPARATOR, DEFAULT_VOCAB_CHUNK_ELEMS, PRG_AGGREGATIONS
 
 __all__ = ["PRG_AGGREGATIONS", "answer_logprob_trajectory", "prg_score", "split_steps", "token_texts"]
+
+
+def normalised_gain(p0: float, pk: float, eps: float = 1e-6) -> float:
+    """``G``: ``(p_K - p_0) / (1 - p_0)`` for a rise, ``(p_K - p_0) / p_0`` for a fall, 0 within ``eps``."""
+    delta = pk - p0
+    if abs(delta) < eps:
+        return 0.0
+    return delta / (1.0 - p0) if delta > 0 else delta / p0
 
 
 def token_texts(token_ids: Sequence[int], tokenizer: Any, cache: dict[int, str] | None = None) -> list[str]:
@@ -85,7 +92,7 @@ def _merge_evenly(spans: list[tuple[int, int]], max_steps: int) -> list[tuple[in
 def split_steps(
     completion_ids: Sequence[int],
     tokenizer: Any,
-    separator: str = "\n\n",
+    separator: str = DEFAULT_STEP_SEPARATOR,
     *,
     reasoning_end: int | None = None,
     max_steps: int | None = 16,
@@ -183,7 +190,7 @@ def answer_logprob_trajectory(
     option_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
     method: str = "auto",
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 22,
+    vocab_chunk_elems: int = DEFAULT_VOCAB_CHUNK_ELEMS,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
     whitespace_ids: Collection[int] = (),
@@ -210,6 +217,8 @@ def answer_logprob_trajectory(
     if len(step_ids) != len(prompt_ids):
         raise ValueError(f"Got {len(prompt_ids)} prompts but {len(step_ids)} step lists.")
     completions, spans = map(list, zip(*(join_steps(steps) for steps in step_ids))) if step_ids else ([], [])
+    from .scoring import score_rollouts  # here, not at the top: the engine imports this module's formulas
+
     stats = score_rollouts(
         model,
         [list(p) for p in prompt_ids],

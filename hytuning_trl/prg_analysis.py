@@ -30,10 +30,9 @@ import numpy as np
 
 from .answers import AnswerExtractor, whitespace_token_ids
 from .calibration import auroc
-from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, PRG_AGGREGATIONS
-from .mcq import load_mcq, render_prompts
-from .mixing import normalised_gain
-from .prg import join_steps, prg_score
+from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_STEP_SEPARATOR, PRG_AGGREGATIONS
+from .mcq import load_mcq, render_prompts, render_text
+from .prg import join_steps, normalised_gain, prg_score
 from .scoring import score_rollouts
 
 __all__ = [
@@ -57,23 +56,13 @@ class Trace:
     letters: list[str]
 
 
-def _render(tokenizer: Any, text: str, chat: bool) -> list[int]:
-    if chat:
-        return list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        )
-    return list(tokenizer(text)["input_ids"])
-
-
 def load_traces(
     source: str | Sequence[dict],
     tokenizer: Any,
     *,
     answer_options: Sequence[str] | None = None,
     answer_pattern: str = DEFAULT_ANSWER_PATTERN,
-    step_separator: str = "\n\n",
+    step_separator: str = DEFAULT_STEP_SEPARATOR,
     use_chat_template: bool | None = None,
     max_samples: int | None = None,
     instruction: str | None = None,
@@ -107,7 +96,7 @@ def load_traces(
             completion = f"{str(row['reasoning']).strip()}\nThe answer is {q['answer_idx']}."
             options: Any = q["options"]
         elif "prompt" in row and "completion" in row:
-            prompt_ids = _render(tokenizer, str(row["prompt"]), chat)
+            prompt_ids = render_text(tokenizer, str(row["prompt"]), chat)
             completion, options = str(row["completion"]), row.get("options")
         else:
             raise ValueError(

@@ -161,7 +161,7 @@ class AnswerReward(InternalFeedbackReward):
         self.use_forced = use_forced
 
     def _usable(self, stats: RolloutStats) -> bool:
-        return stats.answer is not None and (self.use_forced or not stats.answer_forced)
+        return stats.answer_usable(self.use_forced)
 
 
 class AnswerConfidenceReward(AnswerReward):

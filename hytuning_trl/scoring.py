@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .mixing import normalised_gain
+from .constants import DEFAULT_VOCAB_CHUNK_ELEMS
 from .packing import Row, build_naive_rows, build_packed_row, get_backbone_and_head, run_rows, unwrap_model
+from .prg import normalised_gain
 
 __all__ = ["RolloutStats", "score_rollouts", "to_id_lists"]
 
@@ -65,6 +66,16 @@ class RolloutStats:
     text: str = ""
 
     @property
+    def has_prg(self) -> bool:
+        """Whether this rollout's PRG measures its reasoning: a trajectory over at least one step, to an answer it
+        stated (a forced choice is picked by its final probability, which guarantees it a gain)."""
+        return self.answer_logprobs is not None and self.num_steps > 0 and not self.answer_forced
+
+    def answer_usable(self, use_forced: bool = False) -> bool:
+        """Whether the answer may be scored: there is one, and it was stated (or ``use_forced``)."""
+        return self.answer is not None and (use_forced or not self.answer_forced)
+
+    @property
     def answer_confidence(self) -> float | None:
         """``p_K``: the probability of the final answer after the whole reasoning."""
         if not self.answer_logprobs:
@@ -81,7 +92,7 @@ class RolloutStats:
 
     @property
     def gain(self) -> float | None:
-        """``G``, the normalised gain of the answer along the reasoning (:func:`hytuning_trl.mixing.normalised_gain`),
+        """``G``, the normalised gain of the answer along the reasoning (:func:`hytuning_trl.prg.normalised_gain`),
         with ``p_k = exp(lp_k / answer_num_tokens)`` (the per-token probability in raw mode); ``None`` without a
         trajectory."""
         ends = self.endpoint_probabilities
@@ -245,7 +256,7 @@ def score_rollouts(
     compute_stats: bool = True,
     method: str = "auto",
     token_budget: int = 16384,
-    vocab_chunk_elems: int = 1 << 22,
+    vocab_chunk_elems: int = DEFAULT_VOCAB_CHUNK_ELEMS,
     pad_token_id: int = 0,
     sync_num_batches: Callable[[int], int] | None = None,
     whitespace_ids: Collection[int] = (),

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import signal
-import textwrap
 import threading
 from typing import Any
 
@@ -38,11 +37,11 @@ from .anchor import (
     anchor_questions_from_rows,
     check_anchor_dataset,
     gold_view,
-    shard_indices,
 )
 from .answers import AnswerExtractor, ParsedCompletion, whitespace_token_ids
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
+from .constants import PAPER
 from .distill import (
     DistillExample,
     ShardedEndlessIterator,
@@ -57,6 +56,7 @@ from .mixing import MixingController, RoundMeans
 from .model_card import write_model_card
 from .rewards import SelfCertaintyReward
 from .scoring import RolloutStats, packed_scoring_verdict, score_rollouts
+from .sharding import shard_indices
 
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
@@ -167,19 +167,7 @@ class HyTuningTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "hytuning"]
     _name = "HyTuning"
-    _paper = {
-        "title": "Less Approximates More: Harmonizing Performance and Confidence Faithfulness via Hybrid "
-        "Post-Training for High-Stakes Tasks",
-        "id": "2604.08454",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{hytuning2026,
-                title        = {{Less Approximates More: Harmonizing Performance and Confidence Faithfulness
-                                 via Hybrid Post-Training for High-Stakes Tasks}},
-                year         = 2026,
-                eprint       = {arXiv:2604.08454},
-            }"""),
-    }
+    _paper = PAPER
 
     def __init__(
         self,
@@ -382,7 +370,7 @@ class HyTuningTrainer(GRPOTrainer):
         if len(stats) != advantages.size(0):
             raise RuntimeError(f"{len(stats)} scored rollouts for {advantages.size(0)} advantages: cannot gate.")
         unsupported = torch.tensor(
-            [s.answer_forced or s.prg is None or not math.isfinite(s.prg) or s.prg <= 0 for s in stats],
+            [not s.has_prg or s.prg is None or not math.isfinite(s.prg) or s.prg <= 0 for s in stats],
             device=advantages.device,
         )
         gated = unsupported & (advantages > 0)
@@ -432,8 +420,7 @@ class HyTuningTrainer(GRPOTrainer):
         prg_sum = prg_n = missing = nonfinite = sc_sum = sc_n = conf_sum = conf_n = steps = forced = 0.0
         for s in stats:
             forced += s.answer_forced
-            usable = s.answer_logprobs is not None and s.num_steps > 0 and not s.answer_forced
-            if not usable:
+            if not s.has_prg:
                 missing += 1
             elif s.prg is None or not math.isfinite(s.prg):
                 nonfinite += 1
