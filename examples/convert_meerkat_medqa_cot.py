@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 from hytuning_trl import read_answer
 from hytuning_trl.constants import DEFAULT_ANSWER_PATTERN
+from hytuning_trl.mcq import read_jsonl
 
 OPTION = re.compile(r"\(([A-J])\)\s*")
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
@@ -59,8 +60,12 @@ def reasoning_steps(text: str, max_steps: int = 8) -> list[str]:
     return parts
 
 
-def convert_row(row: dict, max_steps: int = 8) -> dict | None:
-    """One chat-format row -> one MedQA-style trace, or None when it cannot be read."""
+class Unreadable(Exception):
+    """A row the converter skips, with the reason."""
+
+
+def convert_row(row: dict, max_steps: int = 8) -> dict:
+    """One chat-format row -> one MedQA-style trace; :class:`Unreadable` (with the reason) when it cannot be read."""
     messages = row.get("messages")
     if not isinstance(messages, list):
         raise ValueError(
@@ -70,27 +75,29 @@ def convert_row(row: dict, max_steps: int = 8) -> dict | None:
     user = next((m["content"] for m in messages if m.get("role") == "user"), None)
     assistant = next((m["content"] for m in reversed(messages) if m.get("role") == "assistant"), None)
     if not user or not assistant:
-        return None
+        raise Unreadable(f"no {'user' if not user else 'assistant'} message")
     parsed = split_question(user)
     if parsed is None:
-        return None
+        raise Unreadable("no options '(A) ... (B) ...' in the user message")
     question, options = parsed
     answer, _ = read_answer(assistant, DEFAULT_ANSWER_PATTERN, sorted(options))
+    if answer is None:
+        raise Unreadable(f"the answer states no option of {sorted(options)} ('The answer is B.' expected)")
     steps = reasoning_steps(assistant, max_steps)
-    if answer is None or not steps:
-        return None
+    if not steps:
+        raise Unreadable("no reasoning before the answer statement")
     return {"question": question, "options": options, "answer_idx": answer, "reasoning": "\n\n".join(steps)}
 
 
-def convert(rows: Iterable[dict], max_steps: int = 8) -> tuple[list[dict], int]:
-    """Converted traces and the number of rows skipped."""
-    out, skipped = [], 0
-    for row in rows:
-        trace = convert_row(dict(row), max_steps)
-        if trace is None:
-            skipped += 1
-        else:
-            out.append(trace)
+def convert(rows: Iterable[dict], max_steps: int = 8) -> tuple[list[dict], list[str]]:
+    """Converted traces, and one line per skipped row naming its id (or position) and why."""
+    out, skipped = [], []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        try:
+            out.append(convert_row(row, max_steps))
+        except Unreadable as why:
+            skipped.append(f"row {row.get('id', f'#{i}')!r}: {why}")
     return out, skipped
 
 
@@ -105,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.input:
-            with open(args.input) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+            rows = read_jsonl(args.input)
         else:
             from datasets import load_dataset
 
@@ -120,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w") as f:
         for t in traces:
             f.write(json.dumps(t) + "\n")
-    print(f"Wrote {len(traces)} traces to {args.output} ({skipped} rows skipped: no readable options or answer).")
+    print(f"Wrote {len(traces)} traces to {args.output}; {len(skipped)} rows skipped" + (":" if skipped else "."))
+    for line in skipped[:20]:
+        print(f"  {line}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more")
     return 0
 
 

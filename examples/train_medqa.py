@@ -35,7 +35,7 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer
 from hytuning_trl.evaluation import CalibrationEvalCallback, evaluate_mcq
-from hytuning_trl.mcq import format_mcq_prompt, load_mcq
+from hytuning_trl.mcq import format_mcq_prompt, load_mcq, read_jsonl
 from hytuning_trl.model_card import write_model_card
 from hytuning_trl.report import format_table, write_report
 from hytuning_trl.rewards import (
@@ -163,8 +163,7 @@ def default_model_path(cache_dir: str | None = None) -> str:
 def _rows(path_or_name: str | None, hub_name: str | None, split: str, config: str | None = None) -> list[dict]:
     if hub_name:
         return [dict(r) for r in load_dataset(hub_name, config, split=split)]
-    with open(path_or_name) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path_or_name)
 
 
 def _user(text: str) -> list[dict]:
@@ -222,7 +221,7 @@ def traces_dataset(rows: list[dict], args: MedQAArguments, instruction: str | No
 
         rows, skipped = convert(rows)
         if skipped and PartialState().is_main_process:
-            print(f"Converted {len(rows)} chat-format traces; skipped {skipped} without readable options or answer.")
+            print(f"Converted {len(rows)} chat-format traces; skipped {len(skipped)}: " + "; ".join(skipped[:5]))
     out = []
     for i, r in enumerate(rows):
         if "reasoning" in r:  # MedQA-format trace

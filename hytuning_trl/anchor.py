@@ -29,7 +29,14 @@ from typing import Any
 from .answers import ParsedCompletion, _normalise_text, option_letters
 from .distill import DistillExample
 
-__all__ = ["AnchorQuestion", "AnchorSums", "anchor_questions_from_rows", "check_anchor_dataset", "gold_view"]
+__all__ = [
+    "AnchorQuestion",
+    "AnchorSums",
+    "anchor_fingerprint",
+    "anchor_questions_from_rows",
+    "check_anchor_dataset",
+    "gold_view",
+]
 
 
 @dataclass
@@ -125,6 +132,16 @@ def anchor_questions_from_rows(
             )
         out.append(AnchorQuestion(_tokenize_prompt(row["prompt"], tokenizer, chat_template_kwargs), gold, options))
     return out
+
+
+def anchor_fingerprint(questions: list[AnchorQuestion]) -> str:
+    """A short hash of the anchor's content (prompt ids, gold answers, trace completion ids), so that a resume with
+    another anchor of the same size is refused instead of mixing the two in one average."""
+    import hashlib
+    import json
+
+    content = [[q.prompt_ids, q.gold, q.trace.completion_ids if q.trace else None] for q in questions]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
 def gold_view(parsed: ParsedCompletion, question: AnchorQuestion, tokenizer: Any) -> ParsedCompletion:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .constants import DEFAULT_MCQ_INSTRUCTION
 
-__all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "render_prompts", "render_text"]
+__all__ = ["MCQ_INSTRUCTION", "format_mcq_prompt", "load_mcq", "read_jsonl", "render_prompts", "render_text"]
 
 #: The default instruction (config ``mcq_instruction``, ``--mcq_instruction`` of the commands and the example).
 MCQ_INSTRUCTION = DEFAULT_MCQ_INSTRUCTION
@@ -57,6 +57,27 @@ def _normalise_row(row: dict, i: int) -> dict:
     return {"question": str(row["question"]), "options": options, "answer_idx": str(gold)}
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a jsonl file (blank lines skipped). A line that is not JSON is a ``ValueError`` naming the file and
+    its line number as an editor shows it."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}).") from None
+    return rows
+
+
+def check_max_samples(max_samples: int | None) -> None:
+    """``max_samples`` is a positive count or ``None`` (all): 0 is refused, not read as 'all' or as 'none'."""
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"--max_samples must be at least 1 (or left out for all), got {max_samples}.")
+
+
 def _looks_like_path(source: str) -> bool:
     return source.endswith((".json", ".jsonl")) or source.startswith((".", "/", "~")) or source.count("/") > 1
 
@@ -64,14 +85,15 @@ def _looks_like_path(source: str) -> bool:
 def load_mcq(source: Any, split: str = "test", max_samples: int | None = None) -> list[dict]:
     """Questions as ``{"question", "options", "answer_idx"}`` from a jsonl path, a ``datasets.Dataset``, a list of
     dicts, or a hub dataset name (``split`` applies)."""
+    check_max_samples(max_samples)
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source) and _looks_like_path(str(source)):
         raise FileNotFoundError(f"No such question file: {source}")
     if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
-        with open(source) as f:
-            if str(source).endswith(".json"):
+        if str(source).endswith(".json"):
+            with open(source) as f:
                 rows = json.load(f)
-            else:
-                rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            rows = read_jsonl(source)
     elif isinstance(source, str):
         from datasets import load_dataset
 

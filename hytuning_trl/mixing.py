@@ -57,6 +57,7 @@ class MixingState:
         generation_rounds: generation rounds folded so far.
         anchor_rounds: anchor rounds folded so far.
         anchor_indices: the distill-dataset indices held out as the anchor (empty with an ``anchor_dataset``).
+        anchor_fingerprint: a hash of the anchor's content (prompts, gold answers, traces), checked on resume.
     """
 
     rd_weight: float = 0.5
@@ -66,6 +67,7 @@ class MixingState:
     generation_rounds: int = 0
     anchor_rounds: int = 0
     anchor_indices: list[int] = field(default_factory=list)
+    anchor_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,7 +31,7 @@ import numpy as np
 from .answers import AnswerExtractor, whitespace_token_ids
 from .calibration import auroc
 from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_STEP_SEPARATOR, PRG_AGGREGATIONS
-from .mcq import load_mcq, render_prompts, render_text
+from .mcq import check_max_samples, load_mcq, read_jsonl, render_prompts, render_text
 from .prg import join_steps, normalised_gain, prg_score
 from .scoring import score_rollouts
 
@@ -72,11 +72,11 @@ def load_traces(
     if isinstance(source, str):
         if not os.path.exists(source):
             raise FileNotFoundError(f"No such trace file: {source}")
-        with open(source) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(source)
     else:
         rows = list(source)
-    rows = rows[:max_samples] if max_samples else rows
+    check_max_samples(max_samples)
+    rows = rows[:max_samples] if max_samples is not None else rows
     if not rows:
         raise ValueError(f"No traces in {source!r}.")
     chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template

@@ -34,6 +34,7 @@ from trl.trainer.utils import get_config_model_id
 from .anchor import (
     AnchorQuestion,
     AnchorSums,
+    anchor_fingerprint,
     anchor_questions_from_rows,
     check_anchor_dataset,
     gold_view,
@@ -264,6 +265,12 @@ class HyTuningTrainer(GRPOTrainer):
                     f"`anchor_dataset`, or give `distill_dataset` at least 4 traces and `anchor_holdout` >= 1 (now "
                     f"{args.anchor_holdout}; {len(examples)} traces give min(anchor_holdout, n // 4) = 0)."
                 )
+            if anchor_dataset is None:
+                capped = " (anchor_holdout capped at n // 4)" if len(anchor_idx) < args.anchor_holdout else ""
+                logger.warning(
+                    f"Held out {len(anchor_idx)} of {len(examples)} traces as the anchor{capped}; "
+                    f"{len(self.distill_examples)} are trained on."
+                )
             for i, example in enumerate(anchor_traces):
                 parsed = self._parse_anchor(i, example, require_steps=args.anchor_signal == "trace")
                 self.anchor_questions.append(
@@ -272,6 +279,9 @@ class HyTuningTrainer(GRPOTrainer):
                 if parsed.spans:
                     self.anchor_examples.append(example)
                     self._anchor_parsed.append(parsed)
+            self.mixing.state.anchor_fingerprint = (
+                anchor_fingerprint(self.anchor_questions) if self.anchor_questions else None
+            )
             self.distill_iterator = ShardedEndlessIterator(
                 len(self.distill_examples),
                 args.distill_per_device_batch_size,
@@ -669,6 +679,13 @@ class HyTuningTrainer(GRPOTrainer):
                 f"{path} held out the anchor traces {saved_anchor}, but this run holds out "
                 f"{self.mixing.state.anchor_indices}: resume with the same distill dataset, seed and anchor_holdout, "
                 "or the anchor would have been trained on."
+            )
+        saved_print = state.get("anchor_fingerprint")
+        if saved_print is not None and saved_print != self.mixing.state.anchor_fingerprint:
+            raise ValueError(
+                f"{path} was trained with another anchor (fingerprint {saved_print}, this run's is "
+                f"{self.mixing.state.anchor_fingerprint}): the distill or anchor dataset changed. Resume with the "
+                "datasets of the interrupted run, or the anchor average would mix two anchors."
             )
         self.mixing.load_state_dict(state)
         if self.distill_iterator is not None:

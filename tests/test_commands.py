@@ -67,6 +67,21 @@ def test_hytuning_eval_bad_input(tmp_path, trained_dir, mcq):
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer_idx": "A"}])
     out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", bad)
     _assert_clean_failure(out, "hytuning-eval", "'options'")
+    # Bug it catches: "Expecting ',' delimiter: line 2 column 1" for the file's 4th line, with no file name
+    broken = _broken_jsonl(tmp_path / "broken.jsonl", _mcq_rows(mcq, 2))
+    out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", broken)
+    _assert_clean_failure(out, "hytuning-eval", f"{broken}, line 4: not valid JSON")
+    # Bug it catches: --max_samples 0 read as "no questions" here and as "all" by hytuning-prg
+    good = _write_jsonl(tmp_path / "good.jsonl", _mcq_rows(mcq, 8))
+    out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", good, "--max_samples", 0)
+    _assert_clean_failure(out, "hytuning-eval", "--max_samples must be at least 1")
+
+
+def _broken_jsonl(path, rows):
+    """Two rows, a blank line, then a row cut in the middle: the 4th line of the file is not JSON."""
+    lines = [json.dumps(r) for r in rows[:2]] + ["", json.dumps(rows[0])[:-5]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def test_hytuning_prg_success(tmp_path, trained_dir, mcq):
@@ -91,7 +106,13 @@ def test_hytuning_prg_success(tmp_path, trained_dir, mcq):
 
 @pytest.mark.parametrize(
     "case,needle",
-    [("missing", "missing.jsonl"), ("columns", "'reasoning'"), ("letter", "at least two distinct options")],
+    [
+        ("missing", "missing.jsonl"),
+        ("columns", "'reasoning'"),
+        ("letter", "at least two distinct options"),
+        ("broken", ", line 4: not valid JSON"),
+        ("zero", "--max_samples must be at least 1"),
+    ],
 )
 def test_hytuning_prg_bad_input(tmp_path, trained_dir, mcq, case, needle):
     args = ["--model_name_or_path", trained_dir, "--output_dir", tmp_path / "o"]
@@ -99,7 +120,12 @@ def test_hytuning_prg_bad_input(tmp_path, trained_dir, mcq, case, needle):
         args += ["--traces_file", tmp_path / "missing.jsonl"]
     elif case == "columns":
         args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", [{"question": "q"}])]
-    else:
+    elif case == "letter":
         traces = [{"prompt": "q", "completion": "a.\n\nb.\nThe answer is A."}]
         args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", traces), "--answer_options", "A"]
+    elif case == "broken":
+        args += ["--traces_file", _broken_jsonl(tmp_path / "t.jsonl", _mcq_rows(mcq, 2, reasoning=True))]
+    else:
+        args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", _mcq_rows(mcq, 8, reasoning=True))]
+        args += ["--max_samples", 0]
     _assert_clean_failure(_run("hytuning-prg", *args), "hytuning-prg", needle)

@@ -170,7 +170,9 @@ def test_meerkat_converter(example, tmp_path):
     import convert_meerkat_medqa_cot as conv
 
     traces, skipped = conv.convert(MEERKAT_ROWS)
-    assert skipped == 1 and [t["answer_idx"] for t in traces] == ["C", "B"]
+    assert [t["answer_idx"] for t in traces] == ["C", "B"]
+    # Bug it catches: "1 rows skipped: no readable options or answer", without the row or which was missing
+    assert skipped == ["row 'medqa-cot_2': the answer states no option of ['A', 'B'] ('The answer is B.' expected)"]
     first = traces[0]
     assert first["question"].endswith("most likely diagnosis?") and first["options"]["C"].startswith("Post-strep")
     steps = first["reasoning"].split("\n\n")

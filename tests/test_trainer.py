@@ -127,6 +127,16 @@ def test_chord_schedule(build_trainer):
     assert [h["hytuning/rd_weight"] for h in _logs(trainer)] == pytest.approx([0.45, 0.9, 0.9, 0.475])
 
 
+def test_anchor_size_is_logged(build_trainer, caplog):
+    """Bug it catches: anchor_holdout capped at n // 4 without a word."""
+    with caplog.at_level("WARNING"):
+        build_trainer()
+    assert any(
+        "Held out 4 of 16 traces as the anchor (anchor_holdout capped at n // 4); 12 are trained on" in r.message
+        for r in caplog.records
+    )
+
+
 def test_anchor_refusals(build_trainer, distill_dataset):
     with pytest.raises(ValueError, match="anchor_dataset.*anchor_holdout"):
         build_trainer(anchor_holdout=0)
@@ -201,7 +211,7 @@ def test_untempered_rd_nll(trained_tokenizer, build_trainer):
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer):
+def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer, distill_dataset):
     trainer = build_trainer(max_steps=3, save_strategy="steps", save_steps=2, learning_rate=1e-3)
     trainer.train()
     logs = _logs(trainer)
@@ -227,6 +237,13 @@ def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer
     # another seed holds out other anchor traces: resuming would train on the old anchor
     other = build_trainer(model=AutoModelForCausalLM.from_pretrained(ckpt), max_steps=3, seed=1)
     with pytest.raises(ValueError, match="anchor"):
+        other.train(resume_from_checkpoint=str(ckpt))
+    # the same number of traces with another content: the anchor EMA would mix two anchors
+    changed = Dataset.from_list(
+        [{"prompt": r["prompt"] + " Again.", "completion": r["completion"]} for r in distill_dataset]
+    )
+    other = build_trainer(model=AutoModelForCausalLM.from_pretrained(ckpt), max_steps=3, distill_dataset=changed)
+    with pytest.raises(ValueError, match="another anchor .*fingerprint"):
         other.train(resume_from_checkpoint=str(ckpt))
 
 
