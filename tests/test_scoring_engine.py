@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import reference_trajectory
+from conftest import WS, reference_trajectory
 
 from hytuning_trl import score_rollouts
 from hytuning_trl._testing import tiny_model
@@ -186,3 +186,28 @@ def test_packed_probe_catches_only_refusals(tokenizer, error, refused):
         with pytest.raises(type(error), match="a bug in the packed path"):
             score_rollouts(model, [[3, 4, 5]], [[10, 11, 12]], **call)
         assert packed_scoring_verdict(model) is None  # no verdict cached from a bug
+
+
+def test_option_logprobs_against_plain_forwards(model):
+    """The options column of the scoring pass (every option's renormalised log-probability at every k) against one
+    plain forward per k over [x, s_1..s_k, t], assembled by hand. Bug it catches: the options renormalised over the
+    wrong positions, or the column of another option returned."""
+    prompts, completions = [[3, 4, 5, 6], [9, 8]], [[10, 11, 12, 13, 14], [20, 21, 22]]
+    spans = [[(0, 2), (2, 5)], [(0, 3)]]
+    options = [40, 41, 42, 43]
+    stats = score_rollouts(
+        model,
+        prompts,
+        completions,
+        step_spans=spans,
+        trigger_ids=[7],
+        answer_ids=[[42], [40]],
+        option_ids=options,
+        whitespace_ids=WS,  # the prompt [3, 4, 5, 6] ends with two of them: branch 0 goes before both
+    )
+    for s, prompt, completion, sample_spans in zip(stats, prompts, completions, spans):
+        steps = [completion[a:b] for a, b in sample_spans]
+        by_option = [reference_trajectory(model, prompt, steps, [7], options=options, index=j) for j in range(4)]
+        for k, row in enumerate(s.option_logprobs):
+            assert row == pytest.approx([by_option[j][k] for j in range(4)], abs=1e-5)
+    assert stats[0].answer_logprobs == pytest.approx([row[2] for row in stats[0].option_logprobs], abs=1e-12)

@@ -247,15 +247,43 @@ def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer
         other.train(resume_from_checkpoint=str(ckpt))
 
 
-def test_completions_table_and_model_card(tmp_path, build_trainer):
+def test_completions_table_and_model_card(tmp_path, build_trainer, trained_model, trained_tokenizer):
+    """Each row's `hytuning_prg` equals the PRG computed by hand for that completion: plain forwards over
+    [x, s_1..s_k, t] for its stated option, then (p_K - p_0) x the share of sign-consistent steps."""
     import pandas as pd
 
-    trainer = build_trainer(max_steps=1, log_completions=True, reward_funcs=[SelfCertaintyReward(), PRGReward()])
+    from hytuning_trl.answers import whitespace_token_ids
+
+    tok = trained_tokenizer
+    pool = POOL[:2]  # two completions that state an option
+    trainer = build_trainer(
+        max_steps=1,
+        log_completions=True,
+        learning_rate=0.0,
+        reward_funcs=[SelfCertaintyReward(), PRGReward()],
+        rollout_func=_fixed_rollouts(tok, pool),
+    )
+    initial = copy.deepcopy(trained_model).eval()
     trainer.train()
     table = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")
     # Bug it catches: the statistic and the reward both named "prg", one column silently lost
     assert {"prg", "hytuning_prg", "hytuning_answer_confidence"} <= set(table.columns)
-    assert table["hytuning_prg"].notna().any()
+    assert len(table) == 4
+    letters = ["A", "B", "C", "D"]
+    for _, row in table.iterrows():
+        text = pool[[p.rstrip() for p in pool].index(row["completion"].strip())]
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        parsed = trainer.answer_extractor.parse(ids, {k: k for k in letters})
+        steps = [ids[a:b] for a, b in parsed.spans]
+        prompt = tok(row["prompt"])["input_ids"]
+        lp = reference_trajectory(
+            initial, prompt, steps, trainer._trigger_ids, options=parsed.option_ids,
+            index=letters.index(parsed.answer), ws=whitespace_token_ids(tok),
+        )  # fmt: skip
+        p = [math.exp(v) for v in lp]
+        net = p[-1] - p[0]
+        share = sum((b - a) * net >= 0 for a, b in zip(p, p[1:])) / (len(p) - 1)
+        assert row["hytuning_prg"] == pytest.approx(net * share, abs=1e-5)
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "HyTuning" in card and "2604.08454" in card and "Not for clinical use" in card
@@ -297,8 +325,8 @@ POOL = [
 ]
 
 
-def _fixed_rollouts(tokenizer):
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in POOL]
+def _fixed_rollouts(tokenizer, pool=None):
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in (pool or POOL)]
 
     def rollout_func(prompts, trainer):
         completions = [ids[i % len(ids)] for i in range(len(prompts))]
