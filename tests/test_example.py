@@ -77,6 +77,30 @@ def test_main_runs_on_tiny_model(example, trained_dir, tmp_path):
     assert (out / "rd_weight.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_resume_from_checkpoint(example, trained_dir, tmp_path):
+    """A user's interrupted run resumes with --resume_from_checkpoint true: a 2-step run saved at step 2, then the
+    same command with --max_steps 4 finishes at step 4 with the mixing state of checkpoint-2 restored (the first
+    resumed step uses the weight the checkpoint set for it)."""
+    out = tmp_path / "run"
+    common = [
+        "--model_name_or_path", trained_dir, "--output_dir", str(out), "--skip_eval", "true",
+        "--max_completion_length", "32", "--distill_max_length", "1024", "--save_strategy", "steps",
+        "--save_steps", "2", "--rewards", "self_certainty", "--reward_weights", "1.0",
+    ]  # fmt: skip
+    first = example.main(*example.parse([*common, "--max_steps", "2"]))
+    assert first["resumed_from"] is None and [t["step"] for t in first["mixing_trajectory"]] == [1, 2]
+    saved = json.loads((out / "checkpoint-2" / "hytuning_state.json").read_text())
+    second = example.main(*example.parse([*common, "--max_steps", "4", "--resume_from_checkpoint", "true"]))
+    assert second["resumed_from"] == str(out / "checkpoint-2")
+    trajectory = second["mixing_trajectory"]
+    assert [t["step"] for t in trajectory] == [1, 2, 3, 4]
+    assert trajectory[:2] == first["mixing_trajectory"]  # the history before the interruption, restored
+    assert trajectory[2]["rd_weight"] == pytest.approx(saved["rd_weight"], abs=1e-12)
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    state = json.loads((out / "checkpoint-4" / "hytuning_state.json").read_text())
+    assert state["generation_rounds"] == 4 and state["anchor_fingerprint"] == saved["anchor_fingerprint"]
+
+
 def test_bad_trace_columns(example, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "solution": "s"}) + "\n")
