@@ -100,6 +100,9 @@ def make_trainer(setting, args, model_path, out):
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
+        # every completion (and anchor answer) runs to max_completion_length: sampled lengths vary from step to
+        # step far more than HyTuning's cost does, and would drown the ratio (the worst case, and a stable one)
+        generation_kwargs={"min_new_tokens": args.max_completion_length} if args.fixed_length else None,
     )
     if setting == "grpo":
         return GRPOTrainer(
@@ -143,6 +146,12 @@ def main():
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--max_completion_length", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--fixed_length",
+        type=int,
+        default=1,
+        help="1: every completion runs to max_completion_length (stable ratios); 0: sampled lengths",
+    )
     p.add_argument("--anchor_holdout", type=int, default=16, help="anchor size: min(this, 16 // 4)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -169,7 +178,7 @@ def main():
             times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
             step_times[setting] += times[1:]
             for key, value in TIMERS.items():
-                breakdown[setting][key] += value / max(len(times), 1)
+                breakdown[setting][key] += value / max(len(times), 1) / args.repeats  # mean over repeats
             del trainer
             gc.collect()
     memory = {}
@@ -189,6 +198,8 @@ def main():
             str(args.max_completion_length),
             "--threads",
             str(args.threads),
+            "--fixed_length",
+            str(args.fixed_length),
             "--anchor_holdout",
             str(args.anchor_holdout),
         ]
@@ -197,7 +208,8 @@ def main():
 
     base = statistics.median(step_times["grpo"])
     print(
-        f"model {model_path}; {args.generations} rollouts of <= {args.max_completion_length} tokens; "
+        f"model {model_path}; {args.generations} rollouts of "
+        f"{'exactly' if args.fixed_length else '<='} {args.max_completion_length} tokens; "
         f"{args.repeats} x {args.steps} steps per setting, first step of each run dropped; {args.threads} threads"
     )
     print(

@@ -4,14 +4,11 @@
 ``GRPOTrainer.compute_loss`` returns (its KL and entropy terms included) and ``rd_weight`` is set at every optimizer
 step by the mixing controller (:mod:`hytuning_trl.mixing`).
 
-The private TRL API this module relies on, checked against TRL 1.16.0 (the dependency is capped below 1.17):
-
-* methods overridden, each calling ``super()``: ``GRPOTrainer._generate`` (returns the 8-tuple
-  ``prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images``; extra fields
-  reach the reward functions as keywords), ``_generate_and_score_completions`` (returns a dict with the local
-  ``advantages``), ``training_step``, ``compute_loss``, ``_save_checkpoint``, ``_load_optimizer_and_scheduler``;
-* attributes read: ``_metrics`` (logged means), ``_tokenizer``, ``_log_completion_extra`` (completions table),
-  ``eos_token_ids``, ``num_generations``, ``num_generations_eval``, ``chat_template_kwargs``.
+Data flows through TRL's own channels, not through attributes set by one override for another: ``_generate`` adds
+each completion's prompt ids to TRL's ``extra_fields``, which TRL merges into the batch's rows; ``_calculate_rewards``
+scores the rows and puts ``hytuning_stats`` on each; ``_generate_and_score_completions`` reads them back from the rows
+after TRL's round. The private TRL API used (overridden methods, private attributes) is named in one module,
+:mod:`hytuning_trl._trl_compat`, and the TRL version is checked when the trainer is built.
 """
 
 from __future__ import annotations
@@ -26,11 +23,13 @@ import threading
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from . import _trl_compat as trl_compat
 from .anchor import (
     AnchorQuestion,
     AnchorSums,
@@ -62,7 +61,7 @@ from .sharding import shard_indices
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
 STATE_FILE = "hytuning_state.json"
-TRL_GENERATE_OUTPUTS = 8  # GRPOTrainer._generate's tuple in TRL 1.16
+PROMPT_IDS = "hytuning_prompt_ids"  # the extra field that carries each completion's prompt ids to its row
 logger = logging.get_logger(__name__)
 
 
@@ -144,13 +143,13 @@ class HyTuningTrainer(GRPOTrainer):
     the gain of the gold answer along held-out anchor traces) through the [`PRGCallback`] hook. Compared with
     [`~trl.GRPOTrainer`] it overrides only:
 
-    * ``_generate``: after TRL generates, one no-grad scoring pass gives each completion its self-certainty,
-      entropy and PRG trajectory (``hytuning_stats``, handed to every reward function), and on every
-      ``prg_every``-th round the anchor traces are scored;
-    * ``_generate_and_score_completions``: keeps the batch's rows (for their ``options``) while TRL scores them, and
-      applies the optional per-sample gate (``prg_gate``) to the advantages TRL computed;
+    * ``_generate``: passes each completion's prompt ids on through TRL's ``extra_fields``;
+    * ``_calculate_rewards``: one no-grad scoring pass gives each completion its self-certainty, entropy and PRG
+      trajectory (``hytuning_stats``, handed to every reward function, read with the row's own ``options``);
+    * ``_generate_and_score_completions``: logs the round's means, applies the optional per-sample gate
+      (``prg_gate``) to the advantages TRL computed, and on every ``prg_every``-th round runs the anchor round;
     * ``training_step``: at the optimizer-step boundary the mixing controller folds the round means and sets the
-      next ``rd_weight``;
+      next ``rd_weight`` (the first one is set when training begins, by an internal callback);
     * ``compute_loss``: adds the RD loss of one batch of traces, drawn on every process at every micro-step;
     * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mixing state in ``hytuning_state.json``;
     * ``save_model``: the HyTuning model card (base model, mixing rule, citation, calibration figures when a report
@@ -188,6 +187,7 @@ class HyTuningTrainer(GRPOTrainer):
             args = HyTuningConfig(f"{model_name.split('/')[-1]}-HyTuning")
         if not isinstance(args, HyTuningConfig):
             raise TypeError(f"`args` must be a HyTuningConfig, got {type(args).__name__}.")
+        trl_compat.check_trl_version()
         _check_train_dataset(train_dataset)
         check_distill_dataset(distill_dataset, args.mixing)
         if args.mixing != "rl_only":
@@ -218,9 +218,7 @@ class HyTuningTrainer(GRPOTrainer):
             if isinstance(callback, CalibrationEvalCallback):
                 callback.bind(self)
         self.mixing = MixingController(args, hook)
-        self._mixing_started = False
-        self._rollout_rows: list[dict] | None = None
-        self._round_stats: list[RolloutStats] = []
+        self.add_callback(_StartMixing(self.mixing))
         self._missing_window: list[float] = []
         self._packed_logged = False
         self._warned_missing = False
@@ -362,21 +360,51 @@ class HyTuningTrainer(GRPOTrainer):
         return [p.fill(record, self.args.prg_aggregation) for record, p in zip(records, parsed)]
 
     # ------------------------------------------------------------------ TRL overrides
-    def _generate_and_score_completions(self, inputs):
-        self._rollout_rows = inputs
-        try:
-            output = super()._generate_and_score_completions(inputs)
-        finally:
-            self._rollout_rows = None
-        if self.args.prg_gate and self.model.training:
-            self._gate_advantages(output)
+    def _generate(self, prompts: list):
+        """TRL's generation, plus the prompts' token ids in ``extra_fields`` (TRL merges them into the rows that
+        ``_calculate_rewards`` receives, where the scoring pass needs them)."""
+        output = super()._generate(prompts)
+        generated = trl_compat.unpack_generate(output)
+        generated.extra_fields[PROMPT_IDS] = [list(p) for p in generated.prompt_ids]
         return output
 
-    def _gate_advantages(self, output: dict) -> None:
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """The scoring pass, before TRL calls the reward functions: each row (one completion) gets its
+        ``hytuning_stats`` (read with the row's own ``options``), so every reward function receives them aligned
+        with ``completions``."""
+        mode = "train" if self.model.training else "eval"
+        completion_ids = [list(c) for c in completion_ids_list]
+        parsed = [self.answer_extractor.parse(ids, row.get("options")) for ids, row in zip(completion_ids, inputs)]
+        stats = self._score([row[PROMPT_IDS] for row in inputs], completion_ids, parsed, stats=True)
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        for row, s in zip(inputs, stats):
+            row["hytuning_stats"], row["hytuning_num_generations"] = s, group
+        # own column names: a reward function called "prg" has a column of that name already
+        self._log_completion_extra("hytuning_prg", [s.prg for s in stats])
+        self._log_completion_extra("hytuning_answer_confidence", [s.answer_confidence for s in stats])
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's round, then what HyTuning does with it, from the statistics the rows carry: the round's means
+        (logged, and queued for the mixing rule with the anchor round's), and the optional per-sample gate."""
+        output = super()._generate_and_score_completions(inputs)
+        stats = [row["hytuning_stats"] for row in inputs]
+        mode = "train" if self.model.training else "eval"
+        policy = self._log_round(stats, mode)
+        if mode == "train":
+            if self.args.prg_gate:
+                self._gate_advantages(output, stats)
+            anchor_prg = anchor_gain = None
+            round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
+            if self.anchor_questions and round_index % self.args.prg_every == 0:
+                anchor_prg, anchor_gain = self._anchor_round()
+            self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
+        return output
+
+    def _gate_advantages(self, output: dict, stats: list[RolloutStats]) -> None:
         """Per-sample gating: a positive advantage of a rollout whose own PRG is <= 0, missing or non-finite, or
         whose answer is forced, is multiplied by ``prg_gate_floor``; negative advantages stay."""
-        advantages = output["advantages"]
-        stats = self._round_stats
+        advantages = trl_compat.advantages(output)
         if len(stats) != advantages.size(0):
             raise RuntimeError(f"{len(stats)} scored rollouts for {advantages.size(0)} advantages: cannot gate.")
         unsupported = torch.tensor(
@@ -384,44 +412,9 @@ class HyTuningTrainer(GRPOTrainer):
             device=advantages.device,
         )
         gated = unsupported & (advantages > 0)
-        output["advantages"] = torch.where(gated, advantages * self.args.prg_gate_floor, advantages)
+        output[trl_compat.ADVANTAGES] = torch.where(gated, advantages * self.args.prg_gate_floor, advantages)
         n_gated, n = self._reduce_sums([float(gated.sum()), float(len(stats))])
-        self._metrics["train"]["hytuning/prg_gated_share"].append(n_gated / max(n, 1.0))
-
-    def _generate(self, prompts: list):
-        output = super()._generate(prompts)
-        if len(output) != TRL_GENERATE_OUTPUTS:
-            raise RuntimeError(
-                f"GRPOTrainer._generate returned {len(output)} values; hytuning-trl was written against the "
-                f"{TRL_GENERATE_OUTPUTS} of TRL 1.16. Install a TRL version the package supports (trl>=1.16,<1.17)."
-            )
-        prompt_ids, completion_ids, _tool_mask, _completions, _logprobs, extra_fields, _images, _tool_images = output
-        mode = "train" if self.model.training else "eval"
-        rows = self._rollout_rows if self._rollout_rows is not None else [None] * len(prompts)
-        if len(rows) != len(completion_ids):
-            rows = [None] * len(completion_ids)
-        completion_ids = [list(c) for c in completion_ids]
-        parsed = [
-            self.answer_extractor.parse(ids, row.get("options") if row else None)
-            for ids, row in zip(completion_ids, rows)
-        ]
-        stats = self._score([list(p) for p in prompt_ids], completion_ids, parsed, stats=True)
-        self._round_stats = stats
-        extra_fields["hytuning_stats"] = stats
-        extra_fields["hytuning_num_generations"] = (
-            self.num_generations if mode == "train" else self.num_generations_eval
-        )
-        # own column names: a reward function called "prg" has a column of that name already
-        self._log_completion_extra("hytuning_prg", [s.prg for s in stats])
-        self._log_completion_extra("hytuning_answer_confidence", [s.answer_confidence for s in stats])
-        policy = self._log_round(stats, mode)
-        if mode == "train":
-            anchor_prg = anchor_gain = None
-            round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
-            if self.anchor_questions and round_index % self.args.prg_every == 0:
-                anchor_prg, anchor_gain = self._anchor_round()
-            self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
-        return output
+        trl_compat.metrics(self, "train")["hytuning/prg_gated_share"].append(n_gated / max(n, 1.0))
 
     def _log_round(self, stats: list[RolloutStats], mode: str) -> float | None:
         """Reduce one round's statistics across processes, log them, and return the policy's global mean PRG over
@@ -446,7 +439,7 @@ class HyTuningTrainer(GRPOTrainer):
             [prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, len(stats)]
         )
         prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, n = totals
-        metrics = self._metrics[mode]
+        metrics = trl_compat.metrics(self, mode)
         policy = prg_sum / prg_n if prg_n else None
         if policy is not None:
             metrics["hytuning/prg_policy"].append(policy)
@@ -493,7 +486,7 @@ class HyTuningTrainer(GRPOTrainer):
             if is_real:
                 sums.add(record, parsed, question)
         s = AnchorSums.from_list(self._reduce_sums(sums.as_list()))
-        metrics = self._metrics["train"]
+        metrics = trl_compat.metrics(self, "train")
         metrics["hytuning/anchor_nonfinite"].append(s.nonfinite)
         if not s.count:
             return None
@@ -522,13 +515,13 @@ class HyTuningTrainer(GRPOTrainer):
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
-                completion_ids, _ = self._generate_single_turn(prompt_ids, None, {}, 1)
+                completion_ids = trl_compat.generate_one_turn(self, prompt_ids)
         finally:
             if saved_config is not None:
                 self.generation_config = saved_config
             if vllm is not None:
                 vllm.temperature = saved_temperature
-        return [list(c) for c in completion_ids]
+        return completion_ids
 
     def _trace_anchor_round(self, prefix: str) -> tuple[float | None, float | None]:
         """Score this process's shard of the anchor traces (teacher-forced); log the gain as ``hytuning/{prefix}_gain``
@@ -550,7 +543,7 @@ class HyTuningTrainer(GRPOTrainer):
             else:
                 sums[5] += 1
         gain, p0, pk, prg, count, nonfinite = self._reduce_sums(sums)
-        metrics = self._metrics["train"]
+        metrics = trl_compat.metrics(self, "train")
         metrics[f"hytuning/{prefix}_nonfinite"].append(nonfinite)
         if not count:
             return None, None
@@ -570,7 +563,7 @@ class HyTuningTrainer(GRPOTrainer):
     def _end_of_optimizer_step(self) -> None:
         """Fold the rounds into the mixing state and set the RD weight of the next step (same on every process)."""
         self.mixing.step(self.state.global_step + 1, self.state.max_steps)
-        ms, metrics = self.mixing.state, self._metrics["train"]
+        ms, metrics = self.mixing.state, trl_compat.metrics(self, "train")
         for name in ("anchor_gain_ema", "prg_policy_ema", "prg_anchor_ema"):
             if getattr(ms, name) is not None:
                 metrics[f"hytuning/{name}"].append(getattr(ms, name))
@@ -594,10 +587,7 @@ class HyTuningTrainer(GRPOTrainer):
         )
         if not self.model.training:
             return loss
-        if not self._mixing_started:
-            self.mixing.start(self.state.global_step, self.state.max_steps)
-            self._mixing_started = True
-        metrics = self._metrics["train"]
+        metrics = trl_compat.metrics(self, "train")
         rd_weight = self.rd_weight
         metrics["hytuning/rd_weight"].append(rd_weight)
         if self.distill_iterator is None:  # rl_only: no RD forward on any process
@@ -621,7 +611,7 @@ class HyTuningTrainer(GRPOTrainer):
         complete."""
         if self.args.should_save:
             folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                trl_compat.output_dir(self, trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
             state = self.mixing.state_dict()
@@ -690,6 +680,17 @@ class HyTuningTrainer(GRPOTrainer):
         self.mixing.load_state_dict(state)
         if self.distill_iterator is not None:
             self.distill_iterator.load_state_dict(state)
+
+
+class _StartMixing(TrainerCallback):
+    """Sets the RD weight of the first step when training begins: after a resumed checkpoint's mixing state is
+    loaded, before the first step (so no override depends on which of them TRL calls first)."""
+
+    def __init__(self, controller: MixingController):
+        self.controller = controller
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.controller.start(state.global_step, state.max_steps)
 
 
 @contextlib.contextmanager

@@ -343,12 +343,23 @@ def length_reward(completions, **kwargs):
     return [float(len(c)) for c in completions]
 
 
-def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer):
+def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer, monkeypatch):
     """Two of four rollouts state no answer: they are forced, flagged, counted, and left out of the policy PRG."""
+    from hytuning_trl import HyTuningTrainer
+
+    rounds = []
+    original = HyTuningTrainer._generate_and_score_completions
+
+    def record(self, inputs):  # the statistics each row carries out of TRL's round
+        out = original(self, inputs)
+        rounds.append([row["hytuning_stats"] for row in inputs])
+        return out
+
+    monkeypatch.setattr(HyTuningTrainer, "_generate_and_score_completions", record)
     trainer = build_trainer(max_steps=1, rollout_func=_fixed_rollouts(trained_tokenizer), reward_funcs=[length_reward])
     trainer.train()
     [h] = _logs(trainer)
-    stats = trainer._round_stats
+    [stats] = rounds
     assert [s.answer_forced for s in stats] == [False, False, True, True]
     assert h["hytuning/answer_forced_rate"] == 0.5 and h["hytuning/prg_missing"] == 0.5
     assert h["hytuning/prg_policy"] == pytest.approx((stats[0].prg + stats[1].prg) / 2)
@@ -372,7 +383,7 @@ def test_prg_gate(build_trainer, trained_tokenizer, monkeypatch):
 
     def hy_side(self, inputs):
         out = original_hy(self, inputs)
-        seen[-1].update(after=out["advantages"].clone(), stats=list(self._round_stats))
+        seen[-1].update(after=out["advantages"].clone(), stats=[row["hytuning_stats"] for row in inputs])
         return out
 
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", trl_side)
