@@ -92,21 +92,17 @@ _CPU_TRAINING = [
 ]  # fmt: skip
 
 
+def _with(args: list[str], **changes: str) -> list[str]:
+    """``args`` (flag, value pairs) with the values of ``changes`` replaced."""
+    out = list(args)
+    for name, value in changes.items():
+        out[out.index(f"--{name}") + 1] = value
+    return out
+
+
 # The regime where RD learns the synthetic task (issue 23's measurements: 'check' traces, lr 2e-5, 4 traces a step,
 # completions long enough for the whole trace and its statement).
-_LEARNING = [
-    "--max_completion_length", "96",
-    "--per_device_train_batch_size", "8",
-    "--num_generations", "4",
-    "--distill_per_device_batch_size", "4",
-    "--learning_rate", "2e-5",
-    "--prg_every", "4",
-    "--rewards", "self_certainty",
-    "--reward_weights", "1.0",
-    "--eval_batch_size", "32",
-    "--logging_steps", "1",
-    "--save_strategy", "no",
-]  # fmt: skip
+_LEARNING = _with(_CPU_TRAINING, max_completion_length="96", learning_rate="2e-5", prg_every="4")
 
 
 @dataclass
@@ -521,7 +517,9 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
     }
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
+    result_gate = gate(base, by_arm.get("rd_only"), against_base)
     result = {
+        "gate": result_gate,
         "plan": plan,
         "timing": timing,
         "n_questions": len(base),
@@ -542,6 +540,29 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
     curves(out, runs, base, by_arm, files)
     grid(out, runs)
     return result
+
+
+#: The gate (issue 23): RD alone must lift accuracy by at least this much over the base model, with a paired
+#: interval that excludes 0, before any comparison of the arms means anything.
+GATE_POINTS = 0.10
+
+
+def gate(base: list[dict], rd_only: dict | None, against_base: list[dict]) -> dict | None:
+    """``{base, rd_only, difference, interval, passed}`` on accuracy: the base model's, rd_only's (mean over its
+    seeds), their paired difference and its 95% interval; passed = difference >= GATE_POINTS and interval above 0."""
+    if not rd_only:
+        return None
+    [diff] = [c for c in against_base if c["arm"] == "rd_only" and c["metric"] == "accuracy"]
+    accuracy = [sum(r["correct"] for r in recs) / len(recs) for recs in rd_only.values()]
+    return {
+        "base": sum(r["correct"] for r in base) / len(base),
+        "rd_only": sum(accuracy) / len(accuracy),
+        "difference": diff["diff"],
+        "interval": diff["ci95"],
+        "n_seeds": len(accuracy),
+        "threshold": GATE_POINTS,
+        "passed": bool(diff["diff"] >= GATE_POINTS and diff["ci95"][0] > 0),
+    }
 
 
 def _done(run: Run) -> dict:

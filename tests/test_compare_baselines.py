@@ -110,6 +110,13 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         low, high = c["ci95"]
         assert c["excludes_0"] == (low > 0 or high < 0)
     assert result["metrics_move"]["prg_rd_weight_span"] is not None
+    # the gate: rd_only against base on accuracy, by hand
+    base_acc = sum(r["correct"] for r in base) / 12
+    rd_acc = sum(acc("rd_only", s) for s in (0, 1)) / 2
+    g = result["gate"]
+    assert g["base"] == pytest.approx(base_acc) and g["rd_only"] == pytest.approx(rd_acc)
+    assert g["difference"] == pytest.approx(rd_acc - base_acc) and g["n_seeds"] == 2
+    assert g["passed"] == (g["difference"] >= 0.10 and g["interval"][0] > 0)
     for name in ("results.md", "curves.png", "reliability_grid.png", "plan.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "results.md")) as f:
