@@ -17,8 +17,10 @@ from .calibration import (
     brier_score,
     calibration_metrics,
     expected_calibration_error,
+    fit_temperature,
     overconfidence_rate,
     reliability_diagram,
+    temperature_scale,
 )
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
@@ -71,6 +73,7 @@ __all__ = [
     "calibration_metrics",
     "evaluate_mcq",
     "expected_calibration_error",
+    "fit_temperature",
     "load_mcq",
     "normalised_gain",
     "overconfidence_rate",
@@ -79,5 +82,6 @@ __all__ = [
     "reliability_diagram",
     "score_rollouts",
     "split_steps",
+    "temperature_scale",
     "write_report",
 ]

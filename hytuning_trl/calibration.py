@@ -21,8 +21,10 @@ __all__ = [
     "calibration_bins",
     "calibration_metrics",
     "expected_calibration_error",
+    "fit_temperature",
     "overconfidence_rate",
     "reliability_diagram",
+    "temperature_scale",
 ]
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -167,6 +169,55 @@ def calibration_metrics(conf: ArrayLike, correct: ArrayLike, n_bins: int = 15) -
         "aurc": aurc(c, y),
         "overconfidence_rate": overconfidence_rate(c, y),
     }
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(
+    logits: Sequence[Sequence[float]] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    bounds: tuple[float, float] = (0.05, 20.0),
+    tol: float = 1e-7,
+) -> float:
+    """Post-hoc temperature scaling (Guo et al., 2017): the one temperature ``T`` that minimises the mean NLL of the
+    gold option under ``softmax(z / T)``, over labelled questions (the held-out anchor in this package's benchmarks).
+
+    ``logits``: one row of option scores per question (logits, or the option-renormalised log-probabilities of
+    ``predictions.jsonl``: a constant shift per row does not matter); ``labels``: the gold option's index. The NLL is
+    convex in ``1 / T``, so a golden-section search over ``1 / T`` within ``bounds`` finds the minimum (a bound when
+    the minimum lies outside them)."""
+    z = np.asarray(logits, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise ValueError(f"`logits` must be (n_questions, n_options) with one label each, got {z.shape} and {len(y)}.")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"`labels` must index the {z.shape[1]} options.")
+    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]  # over beta = 1 / T
+    golden = (5**0.5 - 1) / 2
+    a, b = lo + (1 - golden) * (hi - lo), lo + golden * (hi - lo)
+    fa, fb = _nll(z, y, 1 / a), _nll(z, y, 1 / b)
+    while hi - lo > tol:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - golden) * (hi - lo)
+            fa = _nll(z, y, 1 / a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = _nll(z, y, 1 / b)
+    return float(2.0 / (lo + hi))
+
+
+def temperature_scale(logits: Sequence[Sequence[float]] | np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(z / T)`` row by row: the option probabilities after temperature scaling."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def reliability_diagram(
