@@ -102,7 +102,9 @@ def _with(args: list[str], **changes: str) -> list[str]:
 
 # The regime where RD learns the synthetic task (issue 23's measurements: 'check' traces, lr 2e-5, 4 traces a step,
 # completions long enough for the whole trace and its statement).
+# Runs of hours save a checkpoint every 10 steps (the last one kept) and resume from it when restarted.
 _LEARNING = _with(_CPU_TRAINING, max_completion_length="96", learning_rate="2e-5", prg_every="4")
+_LEARNING = _with(_LEARNING, save_strategy="steps") + ["--save_steps", "10", "--save_total_limit", "1"]
 
 
 @dataclass
@@ -301,15 +303,34 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
     if run.done:
         say(f"{run.arm} seed {run.seed}: done before, skipped")
         return
-    if os.path.exists(run.folder):  # unfinished: start again
+    checkpoint = last_checkpoint(run.folder)
+    if os.path.exists(run.folder) and checkpoint is None:  # unfinished, nothing saved: start again
         shutil.rmtree(run.folder)
-    os.makedirs(run.folder)
+    os.makedirs(run.folder, exist_ok=True)
     cmd = run_command(run, preset, files, plan, extra, rd_weight)
-    say(f"{run.arm} seed {run.seed}: started")
+    if checkpoint is not None:  # unfinished with a checkpoint: the example resumes from it (mixing state included)
+        cmd += ["--resume_from_checkpoint", "true"]
+    say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
     seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs)
     with open(os.path.join(run.folder, "DONE.json"), "w") as f:
         json.dump({"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd}, f, indent=2)
     say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s")
+
+
+def last_checkpoint(folder: str) -> str | None:
+    """The newest ``checkpoint-<step>`` folder of an unfinished run, if any."""
+    if not os.path.isdir(folder):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(folder)
+
+
+def git_commit() -> str | None:
+    """The commit the runs were made from (the preset is meant to run from a worktree at a fixed commit)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
 
 
 def log_history(run: Run) -> list[dict]:
@@ -519,6 +540,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
     result_gate = gate(base, by_arm.get("rd_only"), against_base)
     result = {
+        "commit": git_commit(),
         "gate": result_gate,
         "plan": plan,
         "timing": timing,

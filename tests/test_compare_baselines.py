@@ -161,3 +161,25 @@ def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
     stamp = os.path.getmtime(log)
     again = cb.measure(args, cb.PRESETS["cpu"], files, extra, trained_dir, calibrate=False)
     assert again == timing and os.path.getmtime(log) == stamp
+
+
+def test_unfinished_run_with_a_checkpoint_resumes(tmp_path, monkeypatch):
+    """An interrupted run that saved a checkpoint is resumed from it (the example's --resume_from_checkpoint true),
+    not wiped; one that saved none starts again from scratch."""
+    folder = tmp_path / "runs" / "rd_only" / "seed0"
+    (folder / "checkpoint-10").mkdir(parents=True)
+    (folder / "checkpoint-20").mkdir()
+    (folder / "train.log").write_text("interrupted")
+    calls = []
+    monkeypatch.setattr(cb, "execute", lambda cmd, log, jobs: calls.append(cmd) or 1.0)
+    run = cb.Run("rd_only", 0, str(folder))
+    files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
+    plan = {"max_steps": 40, "probe_steps": 20}
+    cb.train(run, cb.PRESETS["gate"], files, plan, [], jobs=1)
+    assert calls[-1][-2:] == ["--resume_from_checkpoint", "true"] and (folder / "checkpoint-20").exists()
+    assert cb.PRESETS["gate"].training[cb.PRESETS["gate"].training.index("--save_steps") + 1] == "10"
+    fresh = tmp_path / "runs" / "rd_only" / "seed1"
+    fresh.mkdir(parents=True)
+    (fresh / "stale.txt").write_text("no checkpoint")
+    cb.train(cb.Run("rd_only", 1, str(fresh)), cb.PRESETS["gate"], files, plan, [], jobs=1)
+    assert "--resume_from_checkpoint" not in calls[-1] and not (fresh / "stale.txt").exists()
