@@ -183,3 +183,21 @@ def test_unfinished_run_with_a_checkpoint_resumes(tmp_path, monkeypatch):
     (fresh / "stale.txt").write_text("no checkpoint")
     cb.train(cb.Run("rd_only", 1, str(fresh)), cb.PRESETS["gate"], files, plan, [], jobs=1)
     assert "--resume_from_checkpoint" not in calls[-1] and not (fresh / "stale.txt").exists()
+
+
+def test_profile_step_accounts_for_the_step(trained_dir, tmp_path):
+    """benchmarks/profile_step.py on the tiny model (its own process: it patches TRL's classes with timers): every
+    part is timed and the parts add up to the step."""
+    import subprocess
+
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--model", trained_dir]
+    proc = subprocess.run([*cmd, "--steps", "3", "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    parts = result["parts_s"]
+    expected = {"rollout generation", "scoring pass", "anchor round", "GRPO loss (forward)", "RD loss (forward)"}
+    assert expected | {"backward", "optimizer", "other"} <= set(parts)
+    timed = sum(v for k, v in parts.items() if k != "other")
+    assert parts["other"] == pytest.approx(max(result["median_step_s"] - timed, 0.0))
+    assert "anchor round" in proc.stdout and len(result["steps"]) == 3

@@ -1,0 +1,167 @@
+"""Where a training step of a preset goes: generation, scoring pass, anchor round, losses, backward, optimizer.
+
+    python benchmarks/profile_step.py --preset gate --steps 3                     # SmolLM2, the preset's settings
+    python benchmarks/profile_step.py --model path/to/tiny --steps 2 --data_dir d # any model, a synthetic-task dir
+
+One process runs the preset's training arguments (``benchmarks/compare_baselines.py``) for ``--steps`` steps through
+``examples/train_medqa.py``'s own trainer builder, with timers around the parts (seconds summed per step, the first
+step dropped as warm-up):
+
+* ``rollout generation``: TRL's one-turn generation for the rollouts;
+* ``scoring pass``: the no-grad pass behind the rewards (rollouts only);
+* ``anchor round``: the own-reasoning round (its generation and its scoring);
+* ``GRPO loss (forward)``: ``GRPOTrainer.compute_loss``;
+* ``RD loss (forward)``: the RD head's forward;
+* ``backward``: one backward of ``(1 - w) GRPO + w RD`` (the two are summed before it, so not separable);
+* ``optimizer``: the optimizer step;
+* ``other``: the rest of TRL's step (rewards, advantages, reference and old log-probabilities, logging).
+
+Every part of the package's own (scoring pass, anchor round, RD forward) above 15% of a step is flagged as a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+OWN = ("scoring pass", "anchor round", "RD loss (forward)")
+TIMERS: dict[str, float] = collections.defaultdict(float)
+_ACTIVE: list[str] = []
+
+
+def _timed(owner, name: str, key: str | None = None, pick=None):
+    """Wrap ``owner.name`` so that its time goes to ``key`` (or ``pick(args) -> key``), outermost timer only."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        label = pick(args, kwargs) if pick else key
+        if label is None or label in _ACTIVE:
+            return original(*args, **kwargs)
+        _ACTIVE.append(label)
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TIMERS[label] += time.perf_counter() - start
+            _ACTIVE.remove(label)
+
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    import torch
+    from trl import GRPOTrainer
+
+    from hytuning_trl import trainer as trainer_module
+
+    cls = trainer_module.HyTuningTrainer
+    _timed(cls, "_anchor_round", "anchor round")
+    _timed(
+        GRPOTrainer,
+        "_generate_single_turn",
+        pick=lambda a, k: None if "anchor round" in _ACTIVE else "rollout generation",
+    )
+    _timed(trainer_module, "score_rollouts", pick=lambda a, k: None if "anchor round" in _ACTIVE else "scoring pass")
+    _timed(GRPOTrainer, "compute_loss", "GRPO loss (forward)")
+    _timed(trainer_module, "rd_loss", "RD loss (forward)")
+    _timed(torch.optim.AdamW, "step", "optimizer")
+    from accelerate import Accelerator
+
+    _timed(Accelerator, "backward", "backward")
+
+
+def build(args, out: str):
+    import compare_baselines as cb
+    import train_medqa
+
+    preset = cb.PRESETS[args.preset]
+    data = args.data_dir
+    if data is None:
+        import synthetic_task
+
+        data = tempfile.mkdtemp(prefix="profile_data_")
+        splits = synthetic_task.generate(0, n_traces=preset.n_traces, n_eval=64)
+        for name in ("unlabeled", "traces"):
+            cb.write_jsonl(os.path.join(data, f"{name}.jsonl"), splits[name])
+    argv = [*preset.training, "--dataset_name", "", "--distill_dataset_name", "", "--eval_dataset_name", ""]
+    argv += [
+        "--train_file",
+        os.path.join(data, "unlabeled.jsonl"),
+        "--distill_file",
+        os.path.join(data, "traces.jsonl"),
+    ]
+    argv += ["--allow_sample_traces", "true", "--skip_eval", "true", "--max_steps", str(args.steps)]
+    argv += ["--output_dir", out, "--save_strategy", "no", "--mixing", args.mixing, "--prg_every", "1"]
+    if args.model:
+        argv += ["--model_name_or_path", args.model]
+    script_args, training_args, model_args = train_medqa.parse(argv)
+    model_path = model_args.model_name_or_path or train_medqa.default_model_path(script_args.model_cache_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return train_medqa.build_trainer(script_args, training_args, model_args, model_path, tokenizer)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="gate", help="A preset of benchmarks/compare_baselines.py.")
+    p.add_argument("--mixing", default="prg", help="The arm to profile (prg: every part runs).")
+    p.add_argument("--model", default=None, help="Model folder (default: the preset's, SmolLM2-135M-Instruct).")
+    p.add_argument("--data_dir", default=None, help="A folder with unlabeled.jsonl and traces.jsonl.")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--output", default=None, help="Also write the table as JSON here.")
+    args = p.parse_args(argv)
+
+    from transformers import TrainerCallback
+
+    instrument()
+    per_step: list[dict[str, float]] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args_, state, control, **kwargs):
+            TIMERS.clear()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            per_step.append({**TIMERS, "step": time.perf_counter() - self.start})
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build(args, out)
+        trainer.add_callback(StepTimer())
+        trainer.train()
+    measured = per_step[1:] or per_step
+    parts = sorted({k for s in measured for k in s} - {"step"})
+    step = statistics.median(s["step"] for s in measured)
+    table = {k: statistics.median(s.get(k, 0.0) for s in measured) for k in parts}
+    table["other"] = max(step - sum(table.values()), 0.0)
+    print(
+        f"preset {args.preset}, mixing {args.mixing}, an anchor round every step (prg_every 1; divide its row by the "
+        f"preset's prg_every), {len(measured)} measured step(s): median {step:.2f} s"
+    )
+    print(f"{'part':<24}{'s per step':>12}{'share':>8}")
+    for key, value in sorted(table.items(), key=lambda kv: -kv[1]):
+        flag = "  <- target (> 15%, the package's own)" if key in OWN and value > 0.15 * step else ""
+        print(f"{key:<24}{value:>12.3f}{value / step:>8.1%}{flag}")
+    result = {"preset": args.preset, "mixing": args.mixing, "median_step_s": step, "parts_s": table,
+              "steps": per_step}  # fmt: skip
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
