@@ -512,7 +512,7 @@ class HyTuningTrainer(GRPOTrainer):
             self.generation_config = greedy
         if vllm is not None:
             vllm.temperature = 0.0  # vLLM's greedy decoding
-        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        devices = [torch.cuda.current_device()] if self.accelerator.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
                 completion_ids = trl_compat.generate_one_turn(self, prompt_ids)
