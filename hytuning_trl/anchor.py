@@ -36,6 +36,7 @@ __all__ = [
     "anchor_questions_from_rows",
     "check_anchor_dataset",
     "gold_view",
+    "has_traces",
 ]
 
 
@@ -56,6 +57,15 @@ class AnchorQuestion:
     trace: DistillExample | None = None
 
 
+def _columns(dataset: Any) -> set[str]:
+    return set(dataset.column_names if hasattr(dataset, "column_names") else dataset[0])
+
+
+def has_traces(dataset: Any) -> bool:
+    """Whether ``anchor_dataset`` holds traces (a ``completion`` column) rather than questions only."""
+    return "completion" in _columns(dataset)
+
+
 def check_anchor_dataset(dataset: Any, signal: str) -> None:
     """Fail before training, naming the column and the fix. Under ``"trace"`` the rows must be prompt-completion
     traces; under ``"own"`` any row with a gold answer does: a trace, a MedQA-style row (``question``, ``options``,
@@ -66,7 +76,7 @@ def check_anchor_dataset(dataset: Any, signal: str) -> None:
         raise ValueError("`anchor_dataset` must be a datasets.Dataset (or a list of dicts).")
     if len(dataset) == 0:
         raise ValueError("`anchor_dataset` is empty: the prg rule needs at least one anchor question.")
-    columns = set(dataset.column_names if hasattr(dataset, "column_names") else dataset[0])
+    columns = _columns(dataset)
     trace = {"prompt", "completion"} <= columns
     if signal == "trace" and not trace:
         raise ValueError(

@@ -37,6 +37,7 @@ from .anchor import (
     anchor_questions_from_rows,
     check_anchor_dataset,
     gold_view,
+    has_traces,
 )
 from .answers import AnswerExtractor, ParsedCompletion, whitespace_token_ids
 from .callbacks import PRGCallback
@@ -241,8 +242,7 @@ class HyTuningTrainer(GRPOTrainer):
             anchor_traces: list[DistillExample] = []
             if anchor_dataset is not None:
                 self.distill_examples = examples
-                columns = anchor_dataset.column_names if hasattr(anchor_dataset, "column_names") else anchor_dataset[0]
-                if "completion" in columns:
+                if has_traces(anchor_dataset):
                     anchor_traces = tokenize(anchor_dataset)
                 else:
                     self.anchor_questions = anchor_questions_from_rows(
