@@ -66,7 +66,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line.rstrip("\r\n")))  # without the newline, the column is the line's
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}).") from None
     return rows
