@@ -24,7 +24,7 @@ from .calibration import (
 )
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
-from .evaluation import CalibrationEvalCallback, evaluate_mcq
+from .evaluation import CalibrationEvalCallback, evaluate_mcq, fit_records_temperature, temperature_scaled_records
 from .mcq import load_mcq
 from .mixing import MixingState
 from .prg import answer_logprob_trajectory, normalised_gain, prg_score, split_steps
@@ -73,6 +73,7 @@ __all__ = [
     "calibration_metrics",
     "evaluate_mcq",
     "expected_calibration_error",
+    "fit_records_temperature",
     "fit_temperature",
     "load_mcq",
     "normalised_gain",
@@ -83,5 +84,6 @@ __all__ = [
     "score_rollouts",
     "split_steps",
     "temperature_scale",
+    "temperature_scaled_records",
     "write_report",
 ]

@@ -19,13 +19,20 @@ import torch
 from transformers import TrainerCallback
 
 from .answers import AnswerExtractor, whitespace_token_ids
-from .calibration import calibration_metrics
+from .calibration import calibration_metrics, fit_temperature, temperature_scale
 from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_STEP_SEPARATOR
 from .mcq import MCQ_INSTRUCTION, load_mcq, render_prompts
 from .scoring import score_rollouts
 from .sharding import gather_in_order, shard_indices
 
-__all__ = ["CalibrationEvalCallback", "MCQEvaluation", "evaluate_mcq", "summarise"]
+__all__ = [
+    "CalibrationEvalCallback",
+    "MCQEvaluation",
+    "evaluate_mcq",
+    "fit_records_temperature",
+    "summarise",
+    "temperature_scaled_records",
+]
 
 DEFAULT_TRIGGER = DEFAULT_ANSWER_TRIGGER
 DEFAULT_PATTERN = DEFAULT_ANSWER_PATTERN
@@ -187,6 +194,60 @@ def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
         else None
     )
     return metrics
+
+
+def _option_rows(records: Sequence[dict], what: str) -> tuple[list[list[float]], list[list[str]]]:
+    logprobs, letters = [], []
+    for i, r in enumerate(records):
+        if r.get("option_logprobs") is None or r.get("option_letters") is None:
+            raise ValueError(
+                f"{what}: record {i} has no 'option_logprobs' / 'option_letters' (predictions.jsonl written before "
+                "0.3.0, or a question whose options could not be scored); evaluate again with `hytuning-eval`."
+            )
+        logprobs.append([float(x) for x in r["option_logprobs"]])
+        letters.append(list(r["option_letters"]))
+    return logprobs, letters
+
+
+def _padded(rows: list[list[float]]) -> Any:
+    """Rows of option scores as one array, questions with fewer options padded with -inf (probability 0)."""
+    import numpy as np
+
+    out = np.full((len(rows), max(map(len, rows))), -np.inf)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def fit_records_temperature(records: Sequence[dict]) -> float:
+    """Post-hoc temperature scaling fitted on evaluated, labelled questions (``predictions.jsonl`` records): the
+    temperature ``T`` minimising the mean NLL of the gold option under ``softmax(option_logprobs / T)``
+    (:func:`~hytuning_trl.calibration.fit_temperature`). No second generation: the option log-probabilities after
+    the model's own reasoning are in the records."""
+    if not records:
+        raise ValueError("fit_records_temperature needs at least one evaluated question.")
+    logprobs, letters = _option_rows(records, "fit_records_temperature")
+    labels = []
+    for i, (r, row) in enumerate(zip(records, letters)):
+        if r["gold"] not in row:
+            raise ValueError(f"fit_records_temperature: record {i}'s gold {r['gold']!r} is not among its {row}.")
+        labels.append(row.index(r["gold"]))
+    return fit_temperature(_padded(logprobs), labels)
+
+
+def temperature_scaled_records(records: Sequence[dict], temperature: float) -> list[dict]:
+    """The records with ``confidence`` = the chosen option's probability under ``softmax(option_logprobs / T)``
+    (answers and correctness unchanged: one temperature does not reorder the options), the raw one kept as
+    ``confidence_raw``."""
+    logprobs, letters = _option_rows(records, "temperature_scaled_records")
+    probs = temperature_scale(_padded(logprobs), temperature)
+    out = []
+    for i, (r, row, p) in enumerate(zip(records, letters, probs)):
+        if r["chosen"] not in row:
+            raise ValueError(f"temperature_scaled_records: record {i}'s answer {r['chosen']!r} is not among {row}.")
+        confidence = float(p[row.index(r["chosen"])])
+        out.append({**r, "confidence": confidence, "confidence_raw": r["confidence"], "temperature": temperature})
+    return out
 
 
 class CalibrationEvalCallback(TrainerCallback):

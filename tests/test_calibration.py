@@ -165,3 +165,47 @@ def test_fit_temperature_against_a_grid():
     assert fit_temperature(shifted, labels) == pytest.approx(fitted, abs=1e-5)
     with pytest.raises(ValueError, match="index the 4 options"):
         fit_temperature(logits, labels + 4)
+
+
+def test_temperature_on_prediction_records_by_hand():
+    """``fit_records_temperature`` fits on the gold options of predictions.jsonl records (ragged: a 3-option question
+    beside 4-option ones) and ``temperature_scaled_records`` rescales the chosen option's probability; both checked
+    against sums written out here."""
+    import math
+
+    import numpy as np
+
+    from hytuning_trl import fit_records_temperature, temperature_scaled_records
+
+    records = [
+        {"gold": "A", "chosen": "A", "correct": True, "confidence": 0.9,
+         "option_letters": ["A", "B", "C", "D"], "option_logprobs": [math.log(0.9), math.log(0.05), math.log(0.03), math.log(0.02)]},
+        {"gold": "C", "chosen": "B", "correct": False, "confidence": 0.8,
+         "option_letters": ["A", "B", "C"], "option_logprobs": [math.log(0.1), math.log(0.8), math.log(0.1)]},
+        {"gold": "D", "chosen": "A", "correct": False, "confidence": 0.7,
+         "option_letters": ["A", "B", "C", "D"], "option_logprobs": [math.log(0.7), math.log(0.1), math.log(0.1), math.log(0.1)]},
+    ]  # fmt: skip
+    scaled = temperature_scaled_records(records, 2.0)
+    # T = 2: p_i ** (1/2), renormalised over the question's own options
+    assert scaled[1]["confidence"] == pytest.approx(math.sqrt(0.8) / (2 * math.sqrt(0.1) + math.sqrt(0.8)), abs=1e-9)
+    assert scaled[0]["confidence"] == pytest.approx(
+        math.sqrt(0.9) / sum(math.sqrt(x) for x in (0.9, 0.05, 0.03, 0.02)), abs=1e-9
+    )
+    assert [r["confidence_raw"] for r in scaled] == [0.9, 0.8, 0.7]
+    assert [r["correct"] for r in scaled] == [True, False, False]
+
+    def nll(t):  # mean -log p_T(gold), each question over its own options
+        total = 0.0
+        for r in records:
+            z = np.array(r["option_logprobs"]) / t
+            total += np.log(np.exp(z).sum()) - z[r["option_letters"].index(r["gold"])]
+        return total / len(records)
+
+    grid = np.linspace(0.5, 19.9, 19401)
+    best = grid[np.argmin([nll(t) for t in grid])]
+    assert fit_records_temperature(records) == pytest.approx(best, abs=2e-3)
+    assert best > 1.5  # two confident wrong answers: the fit softens
+    with pytest.raises(ValueError, match="record 0 has no 'option_logprobs'"):
+        fit_records_temperature([{**records[0], "option_logprobs": None}])
+    with pytest.raises(ValueError, match="gold 'E' is not among"):
+        fit_records_temperature([{**records[0], "gold": "E"}])
