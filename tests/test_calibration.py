@@ -177,13 +177,17 @@ def test_temperature_on_prediction_records_by_hand():
 
     from hytuning_trl import fit_records_temperature, temperature_scaled_records
 
+    def logs(*ps):
+        return [math.log(x) for x in ps]
+
+    letters = ["A", "B", "C", "D"]
     records = [
         {"gold": "A", "chosen": "A", "correct": True, "confidence": 0.9,
-         "option_letters": ["A", "B", "C", "D"], "option_logprobs": [math.log(0.9), math.log(0.05), math.log(0.03), math.log(0.02)]},
+         "option_letters": letters, "option_logprobs": logs(0.9, 0.05, 0.03, 0.02)},
         {"gold": "C", "chosen": "B", "correct": False, "confidence": 0.8,
-         "option_letters": ["A", "B", "C"], "option_logprobs": [math.log(0.1), math.log(0.8), math.log(0.1)]},
+         "option_letters": ["A", "B", "C"], "option_logprobs": logs(0.1, 0.8, 0.1)},
         {"gold": "D", "chosen": "A", "correct": False, "confidence": 0.7,
-         "option_letters": ["A", "B", "C", "D"], "option_logprobs": [math.log(0.7), math.log(0.1), math.log(0.1), math.log(0.1)]},
+         "option_letters": letters, "option_logprobs": logs(0.7, 0.1, 0.1, 0.1)},
     ]  # fmt: skip
     scaled = temperature_scaled_records(records, 2.0)
     # T = 2: p_i ** (1/2), renormalised over the question's own options
