@@ -26,8 +26,8 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     counts = {}
     for r in runs:
         counts[r.split(" seed")[0]] = counts.get(r.split(" seed")[0], 0) + 1
-    assert counts == {"prg": 3, "rl_only": 3, "rd_only": 3, "chord": 1, "prg_gate": 1, "prg_gap": 1, "constant": 1}
-    assert runs[0].startswith("prg") and runs[-1] == "constant seed 0"  # constant copies the prg runs' weight
+    assert counts == {"hytuning": 3, "rl_only": 3, "rd_only": 3, "chord": 1, "hytuning_gate": 1, "hytuning_const": 1}
+    assert runs[0].startswith("hytuning") and runs[-1] == "hytuning_const seed 0"  # copies hytuning's mean weight
     assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
     assert "set from a measured step time" in lines[-1]
     full, _ = _dry(capsys, "--preset", "cpu-full")
@@ -36,6 +36,40 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     assert len(gpu) == 21
     assert all(cb.GPU_RECIPE in line and "Qwen/Qwen2.5-1.5B-Instruct" in line for line in gpu_lines[:-1])
     assert "--max_steps 300" in gpu_lines[0] and "measured" not in gpu_lines[-1]
+
+
+def test_evidence_preset_names_the_arms_of_issue_23(capsys):
+    """Each arm differs only in what the issue names: the mixing rule, the reward set, the gate."""
+    runs, lines = _dry(capsys, "--preset", "evidence")
+    counts = {}
+    for r in runs:
+        counts[r.split(" seed")[0]] = counts.get(r.split(" seed")[0], 0) + 1
+    assert counts == {"rd_only": 3, "rl_only": 3, "hytuning": 3, "hytuning_const": 3, "rl_hyrewards": 1,
+                      "hytuning_gate": 1, "chord": 1}  # fmt: skip
+    by_arm = {line.split(" seed")[0]: line for line in lines[:-1]}
+    recipe = "--rewards self_certainty prg_gated_confidence agreement_brier --reward_weights 0.1 1.0 1.0"
+    alone = "--rewards self_certainty --reward_weights 1.0"
+    expected = {
+        "rd_only": ("--mixing rd_only", alone),
+        "rl_only": ("--mixing rl_only", alone),
+        "hytuning": ("--mixing prg", recipe),
+        "hytuning_const": ("--mixing constant", recipe),
+        "rl_hyrewards": ("--mixing rl_only", recipe),
+        "hytuning_gate": ("--mixing prg --prg_gate true", recipe),
+        "chord": ("--mixing chord", recipe),
+    }
+    for arm, parts in expected.items():
+        assert all(part in by_arm[arm] for part in parts), arm
+    assert "--prg_gate" not in by_arm["hytuning"] and "--rd_weight" in by_arm["hytuning_const"]
+    # the rest of every command is the same: what precedes the arm's flags, but for --seed and --output_dir
+    files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
+    plan = {"max_steps": 60, "probe_steps": 20}
+    common = set()
+    for arm in expected:
+        cmd = cb.run_command(cb.Run(arm, 0, "<out>"), cb.PRESETS["evidence"], files, plan, [], 0.5)
+        assert cmd[-len(cb.ARMS[arm]) - (2 if arm == "hytuning_const" else 0) :][: len(cb.ARMS[arm])] == cb.ARMS[arm]
+        common.add(tuple(cmd[: len(cmd) - len(cb.ARMS[arm]) - (2 if arm == "hytuning_const" else 0)]))
+    assert len(common) == 1
 
 
 def test_steps_fit_the_budget_worked_by_hand():
@@ -62,7 +96,8 @@ def _predictions(folder):
 
 def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     out = str(tmp_path / "compare")
-    argv = ["--preset", "cpu", "--arms", "rl_only", "rd_only", "prg", "constant", "--seeds", "2", "--max_steps", "2"]
+    argv = ["--preset", "cpu", "--arms", "rl_only", "rd_only", "hytuning", "hytuning_const", "--seeds", "2"]
+    argv += ["--max_steps", "2"]
     argv += ["--max_eval_samples", "12", "--n_bootstrap", "200", "--jobs", "2", "--output_dir", out]
     argv += ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "24", "--eval_max_new_tokens", "24"]
     argv += ["--learning_rate", "1e-3"]
@@ -75,7 +110,7 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     assert len(rd) == 48 and len(anchor) == 16
     assert not {q["question"] for q in rd} & {q["question"] for q in anchor}
     commands = {}
-    for arm in ("rl_only", "rd_only", "prg", "constant"):
+    for arm in ("rl_only", "rd_only", "hytuning", "hytuning_const"):
         for seed in (0, 1):
             with open(os.path.join(out, "runs", arm, f"seed{seed}", "DONE.json")) as f:
                 commands[arm, seed] = json.load(f)["command"]
@@ -83,12 +118,12 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         assert cmd[cmd.index("--anchor_file") + 1] == os.path.join(data, "anchor_traces.jsonl")
         assert cmd[cmd.index("--distill_file") + 1] == os.path.join(data, "rd_traces.jsonl")
 
-    # constant copies the prg runs' mean rd_weight, read here from their logs
+    # hytuning_const copies the hytuning runs' mean rd_weight, read here from their logs
     lams = []
     for seed in (0, 1):
-        with open(os.path.join(out, "runs", "prg", f"seed{seed}", "trainer_state.json")) as f:
+        with open(os.path.join(out, "runs", "hytuning", f"seed{seed}", "trainer_state.json")) as f:
             lams += [h["hytuning/rd_weight"] for h in json.load(f)["log_history"] if "hytuning/rd_weight" in h]
-    cmd = commands["constant", 0]
+    cmd = commands["hytuning_const", 0]
     assert float(cmd[cmd.index("--rd_weight") + 1]) == pytest.approx(sum(lams) / len(lams), abs=1e-4)
 
     # the table and the differences, recomputed from the predictions files
@@ -101,15 +136,52 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         assert [r["question"] for r in recs] == [r["question"] for r in base]
         return sum(r["correct"] for r in recs) / len(recs)
 
-    primary = {(c["arm"], c["reference"], c["metric"]): c for c in result["primary"]}
-    assert set(primary) == set(cb.PRIMARY)
-    by_hand = sum(acc("prg", s) - acc("rd_only", s) for s in (0, 1)) / 2
-    assert primary["prg", "rd_only", "accuracy"]["diff"] == pytest.approx(by_hand)
-    assert primary["prg", "rd_only", "accuracy"]["n_seeds"] == 2
-    for c in result["comparisons"] + result["against_base"]:
+    primary = {c["name"]: c for c in result["primary"]}
+    assert list(primary) == [c.name for c in cb.PRIMARY]
+    by_hand = sum(acc("hytuning", s) - acc("rd_only", s) for s in (0, 1)) / 2
+    accuracy = primary["hytuning vs rd_only: accuracy"]
+    assert accuracy["diff"] == pytest.approx(by_hand) and accuracy["n_seeds"] == 2
+    assert accuracy["margin"] == -0.03 and accuracy["non_inferior"] == (accuracy["ci95"][0] > -0.03)
+    for c in result["comparisons"] + result["against_base"] + result["primary"]:
         low, high = c["ci95"]
         assert c["excludes_0"] == (low > 0 or high < 0)
-    assert result["metrics_move"]["prg_rd_weight_span"] is not None
+    assert not any(c["primary"] for c in result["comparisons"])
+    assert result["metrics_move"]["adaptive_rd_weight_span"] is not None
+
+    # post-hoc temperature scaling, by hand: T minimises the gold option's NLL over the model's anchor answers (a
+    # grid here), then the eval answers' chosen-option probability under softmax(logprobs / T)
+    import numpy as np
+
+    def scaled_brier(folder):
+        anchor = _predictions(os.path.join(folder, "calibration_anchor"))
+        assert len(anchor) == 16
+
+        def nll(t):
+            total = 0.0
+            for r in anchor:
+                z = np.array(r["option_logprobs"]) / t
+                total += np.log(np.exp(z).sum()) - z[r["option_letters"].index(r["gold"])]
+            return total / len(anchor)
+
+        grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 20001))
+        t = grid[np.argmin([nll(x) for x in grid])]
+        brier = []
+        for r in _predictions(os.path.join(folder, "calibration_after")):
+            z = np.exp(np.array(r["option_logprobs"]) / t)
+            p = z[r["option_letters"].index(r["chosen"])] / z.sum()
+            brier.append((p - r["correct"]) ** 2)
+        return t, float(np.mean(brier))
+
+    rd_scaled = [scaled_brier(os.path.join(out, "runs", "rd_only", f"seed{s}")) for s in (0, 1)]
+    for s, (t, _) in enumerate(rd_scaled):
+        assert result["temperatures"][f"rd_only/seed{s}"] == pytest.approx(t, rel=2e-3)
+    table_value = result["table_scaled"]["rd_only"]["brier"]["value"]
+    assert table_value == pytest.approx((rd_scaled[0][1] + rd_scaled[1][1]) / 2, abs=1e-4)
+    against_ts = primary["hytuning vs rd_only (T-scaled): brier"]
+    hy_raw = [_predictions(os.path.join(out, "runs", "hytuning", f"seed{s}", "calibration_after")) for s in (0, 1)]
+    hy_brier = [np.mean([(r["confidence"] - r["correct"]) ** 2 for r in recs]) for recs in hy_raw]
+    assert against_ts["diff"] == pytest.approx(np.mean(hy_brier) - table_value, abs=1e-4)
+    assert against_ts["reference_scaled"] and not against_ts["arm_scaled"]
     # the gate: rd_only against base on accuracy, by hand
     base_acc = sum(r["correct"] for r in base) / 12
     rd_acc = sum(acc("rd_only", s) for s in (0, 1)) / 2
@@ -121,7 +193,8 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "results.md")) as f:
         text = f.read()
-    assert "Primary comparisons" in text and "PRG validity" in text
+    assert "Primary comparisons" in text and "PRG validity" in text and "Temperature-scaled" in text
+    assert "exploratory" in text
 
     # resume: finished runs are skipped; an unfinished one (no DONE.json) starts again from scratch
     folder = os.path.join(out, "runs", "rd_only", "seed1")
