@@ -249,13 +249,16 @@ def test_unfinished_run_with_a_checkpoint_resumes(tmp_path, monkeypatch):
     files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
     plan = {"max_steps": 40, "probe_steps": 20}
     cb.train(run, cb.PRESETS["gate"], files, plan, [], jobs=1)
-    assert calls[-1][-2:] == ["--resume_from_checkpoint", "true"] and (folder / "checkpoint-20").exists()
+    training, anchor_eval = calls  # the run, then its answers to the anchor questions
+    assert training[-2:] == ["--resume_from_checkpoint", "true"] and (folder / "checkpoint-20").exists()
+    assert anchor_eval[anchor_eval.index("--dataset_name") + 1] == "<anchor_traces>"
+    assert anchor_eval[anchor_eval.index("--output_dir") + 1] == str(folder / "calibration_anchor")
     assert cb.PRESETS["gate"].training[cb.PRESETS["gate"].training.index("--save_steps") + 1] == "10"
     fresh = tmp_path / "runs" / "rd_only" / "seed1"
     fresh.mkdir(parents=True)
     (fresh / "stale.txt").write_text("no checkpoint")
     cb.train(cb.Run("rd_only", 1, str(fresh)), cb.PRESETS["gate"], files, plan, [], jobs=1)
-    assert "--resume_from_checkpoint" not in calls[-1] and not (fresh / "stale.txt").exists()
+    assert "--resume_from_checkpoint" not in calls[-2] and not (fresh / "stale.txt").exists()
 
 
 def test_profile_step_accounts_for_the_step(trained_dir, tmp_path):
