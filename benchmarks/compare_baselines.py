@@ -198,7 +198,7 @@ PRESETS: dict[str, Preset] = {
             "chord": 1,
         },
         training=_LEARNING,
-        max_steps=60,
+        max_steps=50,
         probe_steps=20,
         max_new_tokens=96,
         n_traces=272,

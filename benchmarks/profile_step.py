@@ -102,7 +102,7 @@ def build(args, out: str):
         os.path.join(data, "traces.jsonl"),
     ]
     argv += ["--allow_sample_traces", "true", "--skip_eval", "true", "--max_steps", str(args.steps)]
-    argv += ["--output_dir", out, "--save_strategy", "no", "--mixing", args.mixing, "--prg_every", "1"]
+    argv += ["--output_dir", out, "--save_strategy", "no", *cb.ARMS[args.arm], "--prg_every", str(args.prg_every)]
     if args.model:
         argv += ["--model_name_or_path", args.model]
     script_args, training_args, model_args = train_medqa.parse(argv)
@@ -118,7 +118,8 @@ def build(args, out: str):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gate", help="A preset of benchmarks/compare_baselines.py.")
-    p.add_argument("--mixing", default="prg", help="The arm to profile (prg: every part runs).")
+    p.add_argument("--arm", default="hytuning", help="The arm of compare_baselines.py (hytuning: every part runs).")
+    p.add_argument("--prg_every", type=int, default=1, help="Anchor round every N steps (1: measured every step).")
     p.add_argument("--model", default=None, help="Model folder (default: the preset's, SmolLM2-135M-Instruct).")
     p.add_argument("--data_dir", default=None, help="A folder with unlabeled.jsonl and traces.jsonl.")
     p.add_argument("--steps", type=int, default=3)
@@ -148,15 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
     table = {k: statistics.median(s.get(k, 0.0) for s in measured) for k in parts}
     table["other"] = max(step - sum(table.values()), 0.0)
     print(
-        f"preset {args.preset}, mixing {args.mixing}, an anchor round every step (prg_every 1; divide its row by the "
-        f"preset's prg_every), {len(measured)} measured step(s): median {step:.2f} s"
+        f"preset {args.preset}, arm {args.arm}, an anchor round every {args.prg_every} step(s) (at 1, divide its row "
+        f"by the preset's prg_every), {len(measured)} measured step(s): median {step:.2f} s"
     )
     print(f"{'part':<24}{'s per step':>12}{'share':>8}")
     for key, value in sorted(table.items(), key=lambda kv: -kv[1]):
         flag = "  <- target (> 15%, the package's own)" if key in OWN and value > 0.15 * step else ""
         print(f"{key:<24}{value:>12.3f}{value / step:>8.1%}{flag}")
-    result = {"preset": args.preset, "mixing": args.mixing, "median_step_s": step, "parts_s": table,
-              "steps": per_step}  # fmt: skip
+    result = {"preset": args.preset, "arm": args.arm, "prg_every": args.prg_every, "median_step_s": step,
+              "parts_s": table, "steps": per_step}  # fmt: skip
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
