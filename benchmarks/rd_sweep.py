@@ -1,9 +1,10 @@
 """RD alone, fast: which traces, learning rate and schedule let SmolLM2 learn the synthetic task?
 
 The gate of issue 23 (``compare_baselines.py --preset gate``) runs RD through the whole trainer: rollouts, scoring
-pass and anchor round every step, ~75 s a step on one core. Under ``mixing="rd_only"`` none of that reaches the
-gradient (the GRPO term is weighted 0), so the trajectory of the weights is that of plain supervised steps on the RD
-traces. This script takes exactly those steps, and nothing else, so settings can be searched in minutes:
+pass and anchor rounds, ~75 s a step on one core. Under ``mixing="rd_only"`` none of that reaches the gradient (the
+GRPO term is weighted 0), so the weights follow plain supervised steps on the RD traces. This script takes the same
+kind of steps (the traces drawn in another order) and nothing else, ~12 s a step, so settings can be searched in
+tens of minutes:
 
 * traces rendered and tokenized as the example and the trainer do (``examples/train_medqa.py``'s
   ``traces_dataset``, :func:`hytuning_trl.distill.tokenize_distill_dataset`, ``collate_distill``, ``rd_loss``);

@@ -277,3 +277,62 @@ def test_profile_step_accounts_for_the_step(trained_dir, tmp_path):
     timed = sum(v for k, v in parts.items() if k != "other")
     assert parts["other"] == pytest.approx(max(result["median_step_s"] - timed, 0.0))
     assert "anchor round" in proc.stdout and len(result["steps"]) == 3
+
+
+def test_rd_sweep_first_step_is_the_rd_loss_by_hand(trained_dir, tmp_path):
+    """benchmarks/rd_sweep.py (its own process) trains on the gate's RD traces: its first logged NLL is the mean token
+    NLL of the completions of the first four traces it draws, computed here with a plain forward of the untrained
+    model over the chat-rendered prompt + completion."""
+    import random
+    import subprocess
+
+    import synthetic_task
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "sweep.json"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "rd_sweep.py"),
+        "--model",
+        trained_dir,
+        "--output",
+        str(out),
+    ]
+    cmd += ["--steps", "2", "--probe_every", "2", "--n_probe", "4", "--max_new_tokens", "16", "--n_traces", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["curve"]] == [2] and len(result["rd_nll"]) == 2
+
+    # the gate's split: 32 + 16 traces, 16 held out by a fixed permutation (seed 0); the first batch: seed 0's shuffle
+    traces = synthetic_task.generate(0, n_traces=48, n_eval=400)["traces"]
+    order = list(range(48))
+    random.Random(0).shuffle(order)
+    rd = [t for i, t in enumerate(traces) if i not in set(order[:16])]
+    first = list(range(len(rd)))
+    random.Random(0).shuffle(first)
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir)
+    total, count = 0.0, 0
+    for i in first[:4]:
+        q = rd[i]
+        prompt = [{"role": "user", "content": cb_prompt(q)}]
+        completion = f"{q['reasoning'].strip()}\nThe answer is {q['answer_idx']}."
+        p_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(full[len(p_text) :], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + c_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        targets = ids[0, 1:]
+        nll = -logp[torch.arange(len(targets)), targets][len(p_ids) - 1 :]
+        total, count = total + float(nll.sum()), count + len(c_ids)
+    assert result["rd_nll"][0] == pytest.approx(total / count, rel=1e-4)
+
+
+def cb_prompt(q: dict) -> str:
+    from hytuning_trl.mcq import format_mcq_prompt
+
+    return format_mcq_prompt(q["question"], q["options"])
