@@ -866,6 +866,35 @@ def grid(out: str, runs: list[Run]) -> None:
     plt.close(fig)
 
 
+#: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
+SMALL_OUTPUTS = [
+    "plan.json", "measurements.json", "results.json", "results.md", "curves.png", "reliability_grid.png",
+    "validity/validity.json", "base/calibration.json", "base/predictions.jsonl", "base_anchor/calibration.json",
+    "base_anchor/predictions.jsonl",
+]  # fmt: skip
+RUN_OUTPUTS = [
+    "DONE.json", "trainer_state.json", "calibration_after/calibration.json", "calibration_after/predictions.jsonl",
+    "calibration_anchor/calibration.json", "calibration_anchor/predictions.jsonl",
+]  # fmt: skip
+
+
+def collect(out: str, dest: str) -> list[str]:
+    """Copy the preset's small outputs and those of every finished run (``DONE.json`` and its anchor evaluation
+    there) from ``out`` to ``dest``, under the same relative paths; unfinished runs are left out. Returns the paths
+    copied (relative)."""
+    paths = [p for p in SMALL_OUTPUTS if os.path.exists(os.path.join(out, p))]
+    runs_dir = os.path.join(out, "runs")
+    for arm in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        for seed in sorted(os.listdir(os.path.join(runs_dir, arm))):
+            rel = os.path.join("runs", arm, seed)
+            if os.path.exists(os.path.join(out, rel, "calibration_anchor", "predictions.jsonl")):
+                paths += [os.path.join(rel, p) for p in RUN_OUTPUTS if os.path.exists(os.path.join(out, rel, p))]
+    for rel in paths:
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+        shutil.copyfile(os.path.join(out, rel), os.path.join(dest, rel))
+    return paths
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -889,6 +918,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--n_bootstrap", type=int, default=2000)
     p.add_argument("--replan", action="store_true", help="Measure and plan again although plan.json exists.")
     p.add_argument("--dry_run", action="store_true", help="Print the plan and the commands; run nothing.")
+    p.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="Copy the small outputs of --output_dir's finished runs (no weights) to DIR, to commit; run nothing.",
+    )
     args = p.parse_args(own)
     args.argv = own + (["--", *extra] if extra else [])
     return args, extra
@@ -901,6 +935,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.jobs = args.jobs or preset.jobs
     os.makedirs(args.output_dir, exist_ok=True)
     runs = plan_runs(preset, args)
+    if args.collect:
+        copied = collect(args.output_dir, args.collect)
+        say(f"{len(copied)} files copied to {args.collect}")
+        return None
     if args.dry_run:
         files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
         steps = args.max_steps or preset.max_steps

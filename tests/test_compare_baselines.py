@@ -336,3 +336,35 @@ def cb_prompt(q: dict) -> str:
     from hytuning_trl.mcq import format_mcq_prompt
 
     return format_mcq_prompt(q["question"], q["options"])
+
+
+def test_collect_copies_finished_runs_small_outputs_only(tmp_path):
+    """--collect copies the figures, curves and predictions of finished runs (evaluated on the anchor questions too),
+    under the same paths, and never weights or checkpoints; an unfinished run is left out."""
+    out, dest = tmp_path / "out", tmp_path / "dest"
+    files = {
+        "plan.json": "{}",
+        "base/predictions.jsonl": "{}\n",
+        "base/model.safetensors": "weights",
+        "runs/rd_only/seed0/DONE.json": "{}",
+        "runs/rd_only/seed0/trainer_state.json": "{}",
+        "runs/rd_only/seed0/calibration_after/predictions.jsonl": "{}\n",
+        "runs/rd_only/seed0/calibration_anchor/predictions.jsonl": "{}\n",
+        "runs/rd_only/seed0/model.safetensors": "weights",
+        "runs/rd_only/seed0/checkpoint-50/optimizer.pt": "state",
+        "runs/hytuning/seed0/trainer_state.json": "{}",  # unfinished: no anchor evaluation yet
+        "runs/hytuning/seed0/checkpoint-10/model.safetensors": "weights",
+    }
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    cb.main(["--output_dir", str(out), "--collect", str(dest)])
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == [
+        "base/predictions.jsonl",
+        "plan.json",
+        "runs/rd_only/seed0/DONE.json",
+        "runs/rd_only/seed0/calibration_after/predictions.jsonl",
+        "runs/rd_only/seed0/calibration_anchor/predictions.jsonl",
+        "runs/rd_only/seed0/trainer_state.json",
+    ]
