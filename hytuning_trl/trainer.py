@@ -524,10 +524,10 @@ class HyTuningTrainer(GRPOTrainer):
         return completion_ids
 
     def _trace_anchor_round(self, prefix: str) -> tuple[float | None, float | None]:
-        """Score this process's shard of the anchor traces (teacher-forced); log the gain as ``hytuning/{prefix}_gain``
-        and return the global mean PRG and mean gain ``G``."""
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        mine = list(range(rank, len(self.anchor_examples), world))
+        """Score this process's (padded) shard of the anchor traces (teacher-forced); log the gain as
+        ``hytuning/{prefix}_gain`` and return the global mean PRG and mean gain ``G``."""
+        acc = self.accelerator
+        mine, real = shard_indices(len(self.anchor_examples), acc.process_index, acc.num_processes)
         traces = [self.anchor_examples[i] for i in mine]
         records = self._score(
             [t.prompt_ids for t in traces],
@@ -536,7 +536,7 @@ class HyTuningTrainer(GRPOTrainer):
             stats=False,
         )
         sums = [0.0] * 6  # G, p_0, p_K, PRG, count, non-finite
-        for r in records:
+        for r in (r for r, is_real in zip(records, real) if is_real):
             values = [r.gain, *r.endpoint_probabilities, r.prg]
             if all(v is not None and math.isfinite(v) for v in values):
                 sums = [a + b for a, b in zip(sums, [*values, 1.0, 0.0])]

@@ -160,6 +160,37 @@ def test_zero3_two_processes(trained_dir, tmp_path):
 
 
 @pytest.mark.multiprocess
+def test_zero3_trace_anchor_uneven_shards_by_hand(trained_dir, tmp_path):
+    """The v2 round (anchor_signal='trace') under ZeRO-3 with 3 anchor traces on 2 processes (2 + 1, padded to 2
+    each): the first logged gain on both processes equals the mean gain of the 3 traces computed here by hand on the
+    initial model (plain forwards; the padded copy is scored and dropped, not counted twice)."""
+    import math
+
+    from conftest import reference_trajectory
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hytuning_trl.answers import whitespace_token_ids
+
+    args = ("--model", trained_dir, "--scripted", "--max_steps", "2", "--token_budget", "200")
+    results = _launch("zero3", tmp_path, *args, "--anchor_signal", "trace")
+    traces = results[0]["anchor_traces"]
+    assert len(traces) == 3 and results[1]["anchor_traces"] == traces
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir).eval()
+    trigger = tokenizer("\nThe answer is", add_special_tokens=False)["input_ids"]
+    gains = []
+    with torch.no_grad():
+        for prompt, steps, options, index in traces:
+            lp = reference_trajectory(
+                model, prompt, steps, trigger, options=options, index=index, ws=whitespace_token_ids(tokenizer)
+            )
+            p0, pk = math.exp(lp[0]), math.exp(lp[-1])
+            gains.append(0.0 if abs(pk - p0) < 1e-6 else (pk - p0) / (1 - p0) if pk > p0 else (pk - p0) / p0)
+    for r in results:
+        assert r["logs"][0]["hytuning/anchor_gain"] == pytest.approx(sum(gains) / 3, abs=1e-4), r["rank"]
+
+
+@pytest.mark.multiprocess
 def test_zero3_lora_real_generation(trained_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

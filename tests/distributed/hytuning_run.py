@@ -62,6 +62,7 @@ def main():
     p.add_argument("--mixing", default="prg")
     p.add_argument("--no_gradient_checkpointing", action="store_true")
     p.add_argument("--anchor_rows", type=int, default=0, help="anchor: this many question rows (no traces)")
+    p.add_argument("--anchor_signal", default="own")
     a = p.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
@@ -94,6 +95,7 @@ def main():
         scoring_token_budget=a.token_budget,
         prg_tau=0.05,
         mixing=a.mixing,
+        anchor_signal=a.anchor_signal,
         **({"gradient_checkpointing": False} if a.no_gradient_checkpointing else {}),
         seed=0,
         disable_tqdm=True,
@@ -183,6 +185,15 @@ def main():
         "lora": any("lora" in n for n in trainable),
         "final_mixing": trainer.mixing_state.to_dict(),
         "anchor_questions": [[q.prompt_ids, q.gold, q.options] for q in trainer.anchor_questions],
+        "anchor_traces": [
+            [
+                e.prompt_ids,
+                [e.completion_ids[i:j] for i, j in parsed.spans],
+                parsed.option_ids,
+                parsed.letters.index(parsed.answer),
+            ]
+            for e, parsed in zip(trainer.anchor_examples, trainer._anchor_parsed)
+        ],  # fmt: skip
     }
     with open(os.path.join(a.out, f"rank{result['rank']}.json"), "w") as f:
         json.dump(result, f, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
