@@ -617,12 +617,17 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         return row
 
     primary = [compare(c) for c in PRIMARY if c.arm in by_arm and c.reference in by_arm]
-    comparisons = []
-    for ref in [r for r in REFERENCES if r in by_arm]:
-        for arm in [a for a in by_arm if a != ref]:
-            for scale in (False, True):
-                comparisons += [compare(Comparison(arm, ref, m, scale, scale)) for m in METRICS]
-    comparisons = [c for c in comparisons if not any(c["name"] == p["name"] for p in primary)]
+    exploratory = [
+        Comparison(arm, ref, m, scale, scale)
+        for ref in REFERENCES
+        if ref in by_arm
+        for arm in by_arm
+        if arm != ref
+        for scale in (False, True)
+        for m in METRICS
+    ]
+    named = {c.name for c in PRIMARY}  # a primary comparison is bootstrapped and listed once, margin or not
+    comparisons = [compare(c) for c in exploratory if c.name not in named]
     against_base = []
     for arm in by_arm:
         for scale, (base_recs, arms) in enumerate([(base, by_arm), (base_t, by_arm_t)]):
