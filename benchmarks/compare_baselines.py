@@ -341,7 +341,8 @@ def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[s
 
 
 def thread_env(jobs: int) -> dict:
-    threads = str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
+    """The cores shared among ``jobs`` lanes, or ``OMP_NUM_THREADS`` as the caller set it (to leave cores free)."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
 
 
