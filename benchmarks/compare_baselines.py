@@ -683,7 +683,7 @@ def reading(row: dict, margin: float | None = None) -> str:
     if margin is not None:
         return "non-inferior" if low > margin else f"non-inferiority not shown (lower bound {low:.3f} <= {margin})"
     higher_better = row["metric"] in ("accuracy", "auroc")
-    if low > 0 or high < 0:
+    if _excludes_zero(row):
         arm_better = (low > 0) == higher_better
         return f"{row['arm']} better" if arm_better else f"{row['reference']} better"
     return "no difference shown"

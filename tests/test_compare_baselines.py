@@ -72,6 +72,27 @@ def test_evidence_preset_names_the_arms_of_issue_23(capsys):
     assert len(common) == 1
 
 
+def test_reading_in_words_worked_by_hand():
+    """Which side an interval favours: higher is better for accuracy and AUROC, lower for Brier and ECE."""
+    row = {"arm": "hytuning", "reference": "rd_only"}
+    assert cb.reading({**row, "metric": "accuracy", "ci95": [0.01, 0.05]}) == "hytuning better"
+    assert cb.reading({**row, "metric": "brier", "ci95": [0.01, 0.05]}) == "rd_only better"
+    assert cb.reading({**row, "metric": "ece", "ci95": [-0.05, -0.01]}) == "hytuning better"
+    assert cb.reading({**row, "metric": "auroc", "ci95": [-0.05, -0.01]}) == "rd_only better"
+    assert cb.reading({**row, "metric": "brier", "ci95": [-0.01, 0.05]}) == "no difference shown"
+    assert cb.reading({**row, "metric": "auroc", "ci95": [float("nan"), 0.1]}).startswith("no interval")
+    assert cb.reading({**row, "metric": "accuracy", "ci95": [-0.02, 0.01]}, -0.03) == "non-inferior"
+    assert cb.reading({**row, "metric": "accuracy", "ci95": [-0.04, 0.01]}, -0.03).startswith("non-inferiority not")
+
+
+def test_threads_per_run_split_the_cores_unless_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cb.os, "cpu_count", lambda: 8)
+    assert cb.thread_env(2)["OMP_NUM_THREADS"] == "4" and cb.thread_env(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cb.thread_env(2)["OMP_NUM_THREADS"] == "3"
+
+
 def test_steps_fit_the_budget_worked_by_hand():
     """4 runs on 2 lanes (2 runs per lane), 20 minutes: per run <= 600 s. A question costs 1.15 x max(base 0.5 s,
     after the calibration steps 1.2 s) = 1.38 s: eval of 100 questions 138 s, a probe of 64 questions 88.32 s;
