@@ -346,10 +346,14 @@ def thread_env(jobs: int) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
 
 
-def execute(cmd: list[str], log: str, jobs: int) -> float:
-    """Run ``cmd`` with its output in ``log``; raise with the log's tail if it fails. Returns the wall seconds."""
+def execute(cmd: list[str], log: str, jobs: int, append: bool = False) -> float:
+    """Run ``cmd`` with its output in ``log`` (after what is there with ``append``, as a resumed run does, so the log
+    of the steps before the interruption is kept); raise with the log's tail if it fails. Returns the wall seconds."""
     start = time.time()
-    with open(log, "w") as f:
+    with open(log, "a" if append else "w") as f:
+        if append and f.tell():  # the interrupted process may have stopped mid-line (a progress bar)
+            f.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] resumed\n")
+            f.flush()
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(jobs), cwd=ROOT)
     if proc.returncode:
         with open(log) as f:
@@ -387,7 +391,7 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
     if checkpoint is not None:  # unfinished with a checkpoint: the example resumes from it (mixing state included)
         cmd += ["--resume_from_checkpoint", "true"]
     say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
-    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs)
+    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None)
     with open(os.path.join(run.folder, "DONE.json"), "w") as f:
         json.dump({"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd}, f, indent=2)
     evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)

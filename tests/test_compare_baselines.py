@@ -264,14 +264,21 @@ def test_unfinished_run_with_a_checkpoint_resumes(tmp_path, monkeypatch):
     (folder / "checkpoint-10").mkdir(parents=True)
     (folder / "checkpoint-20").mkdir()
     (folder / "train.log").write_text("interrupted")
-    calls = []
-    monkeypatch.setattr(cb, "execute", lambda cmd, log, jobs: calls.append(cmd) or 1.0)
+    calls, execute = [], cb.execute
+
+    def echo(cmd, log, jobs, **kw):  # the real execute, on a command that writes one line to the log
+        calls.append(cmd)
+        return execute([sys.executable, "-c", f"print('ran {len(calls)}')"], log, jobs, **kw)
+
+    monkeypatch.setattr(cb, "execute", echo)
     run = cb.Run("rd_only", 0, str(folder))
     files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
     plan = {"max_steps": 40, "probe_steps": 20}
     cb.train(run, cb.PRESETS["gate"], files, plan, [], jobs=1)
     training, anchor_eval = calls  # the run, then its answers to the anchor questions
     assert training[-2:] == ["--resume_from_checkpoint", "true"] and (folder / "checkpoint-20").exists()
+    before, resumed, after = (folder / "train.log").read_text().splitlines()  # the log before it is kept
+    assert (before, after) == ("interrupted", "ran 1") and resumed.endswith("] resumed")
     assert anchor_eval[anchor_eval.index("--dataset_name") + 1] == "<anchor_traces>"
     assert anchor_eval[anchor_eval.index("--output_dir") + 1] == str(folder / "calibration_anchor")
     assert cb.PRESETS["gate"].training[cb.PRESETS["gate"].training.index("--save_steps") + 1] == "10"
