@@ -560,15 +560,23 @@ def records(path: str) -> list[dict]:
 
 
 def scaled(raw: list[dict], anchor: list[dict]) -> tuple[float, list[dict]]:
-    """Post-hoc temperature scaling: T fitted on the model's anchor answers, applied to its eval answers."""
+    """Post-hoc temperature scaling: T fitted on the model's anchor answers, applied to its eval answers. A T at a
+    bound of the fit (no wrong anchor answer: 0.05) is kept, as a calibration engineer with these questions would
+    get it, and flagged in the report (``temperatures_at_bound``) instead of warned about here."""
+    import warnings
+
     from hytuning_trl import fit_records_temperature, temperature_scaled_records
 
-    t = fit_records_temperature(anchor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t = fit_records_temperature(anchor)
     return t, temperature_scaled_records(raw, t)
 
 
 def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dict:
     from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
+
+    from hytuning_trl import temperature_at_bound
 
     out = args.output_dir
     base = records(os.path.join(out, "base"))
@@ -660,6 +668,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         "table": table,
         "table_scaled": table_scaled,
         "temperatures": temperatures,
+        "temperatures_at_bound": [k for k, t in temperatures.items() if temperature_at_bound(t)],
         "primary": primary,
         "comparisons": comparisons,
         "against_base": against_base,
@@ -772,6 +781,12 @@ def markdown(result: dict, args) -> str:
         lines.append("")
     temps = ", ".join(f"{k} {v:.2f}" for k, v in result["temperatures"].items())
     lines.append(f"Temperatures: {temps}.\n")
+    if result.get("temperatures_at_bound"):
+        lines.append(
+            f"At a bound of the fit: {', '.join(result['temperatures_at_bound'])} (every anchor answer right, or none "
+            "informative: the NLL has no minimum inside the bounds, so the scaled confidences say more about the "
+            "bound than about the model; 16 questions are few).\n"
+        )
     lines.append("Primary comparisons (fixed in the script before the run; difference = arm - reference):\n")
     lines += _comparison_table(result["primary"])
     lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")

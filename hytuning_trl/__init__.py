@@ -20,6 +20,7 @@ from .calibration import (
     fit_temperature,
     overconfidence_rate,
     reliability_diagram,
+    temperature_at_bound,
     temperature_scale,
 )
 from .callbacks import PRGCallback
@@ -83,6 +84,7 @@ __all__ = [
     "reliability_diagram",
     "score_rollouts",
     "split_steps",
+    "temperature_at_bound",
     "temperature_scale",
     "temperature_scaled_records",
     "write_report",

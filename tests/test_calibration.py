@@ -167,6 +167,35 @@ def test_fit_temperature_against_a_grid():
         fit_temperature(logits, labels + 4)
 
 
+def test_fit_temperature_warns_at_a_bound():
+    """When the gold option scores highest on every question the NLL falls with every sharpening (checked here by
+    hand at three temperatures), so the fit ends at the lower bound, and says so; a fit inside the bounds is silent."""
+    import warnings
+
+    import numpy as np
+
+    from hytuning_trl import fit_temperature, temperature_at_bound
+
+    logits = np.array([[2.0, 0.5, 0.0, -1.0], [0.1, 1.5, 1.0, 0.0], [0.0, 0.2, 0.9, 0.3]])
+    labels = np.array([0, 1, 2])  # every gold option is the top one
+
+    def nll(t):
+        z = logits / t
+        return np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(3), labels])
+
+    assert nll(0.1) < nll(0.5) < nll(1.0)
+    with pytest.warns(UserWarning, match="bound.*scores highest on every question"):
+        t = fit_temperature(logits, labels)
+    assert t == pytest.approx(0.05, rel=1e-4) and temperature_at_bound(t)
+    labels = np.array([0, 2, 2])  # one gold option is not the top one: the NLL has a minimum, found by a grid here
+    grid = np.linspace(0.2, 10.0, 9801)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inside = fit_temperature(logits, labels)
+    assert inside == pytest.approx(grid[np.argmin([nll(t) for t in grid])], abs=2e-3)
+    assert not temperature_at_bound(inside)
+
+
 def test_temperature_on_prediction_records_by_hand():
     """``fit_records_temperature`` fits on the gold options of predictions.jsonl records (ragged: a 3-option question
     beside 4-option ones) and ``temperature_scaled_records`` rescales the chosen option's probability; both checked

@@ -196,6 +196,8 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     rd_scaled = [scaled_brier(os.path.join(out, "runs", "rd_only", f"seed{s}")) for s in (0, 1)]
     for s, (t, _) in enumerate(rd_scaled):
         assert result["temperatures"][f"rd_only/seed{s}"] == pytest.approx(t, rel=2e-3)
+    at_bound = [k for k, t in result["temperatures"].items() if not 0.05 * 1.001 < t < 20.0 * 0.999]
+    assert result["temperatures_at_bound"] == at_bound
     table_value = result["table_scaled"]["rd_only"]["brier"]["value"]
     assert table_value == pytest.approx((rd_scaled[0][1] + rd_scaled[1][1]) / 2, abs=1e-4)
     against_ts = primary["hytuning vs rd_only (T-scaled): brier"]
