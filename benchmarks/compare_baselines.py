@@ -142,8 +142,9 @@ def _with(args: list[str], **changes: str) -> list[str]:
 # The regime where RD learns the synthetic task ('check' traces, 4 traces a step, completions long enough for the
 # whole trace and its statement). The gate at lr 2e-5 decayed linearly to 0 at step 60 did not pass (docs/results.md,
 # 0.3.0): the late steps, where the curve rose, got almost no learning rate; hence 5e-5, constant.
-# The number of traces leaves headroom: with 256 the gate passed near the ceiling (0.93, docs/results.md); RD alone
-# on 64 traces reached 0.69 on the probe at step 50 (benchmarks/rd_sweep.py), so the presets hold 64 + 16 (anchor).
+# The number of traces: with 256 the gate passed near the ceiling (0.93, docs/results.md); RD alone on 64 reached 0.69
+# on the probe at step 50 in benchmarks/rd_sweep.py, so the presets hold 64 + 16 (anchor); the gate on them passed at
+# 0.94, near the ceiling again (fewer traces move the step of RD's jump, not its plateau; docs/results.md).
 # Runs of hours save a checkpoint every 10 steps (the last one kept) and resume from it when restarted.
 _LEARNING = _with(_CPU_TRAINING, max_completion_length="96", learning_rate="5e-5", prg_every="4")
 _LEARNING = _with(_LEARNING, save_strategy="steps") + ["--save_steps", "10", "--save_total_limit", "1"]

@@ -178,10 +178,14 @@ def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
 
 
+#: The search interval of :func:`fit_temperature` (and what :func:`temperature_at_bound` compares with by default).
+_TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
+
+
 def fit_temperature(
     logits: Sequence[Sequence[float]] | np.ndarray,
     labels: Sequence[int] | np.ndarray,
-    bounds: tuple[float, float] = (0.05, 20.0),
+    bounds: tuple[float, float] = _TEMPERATURE_BOUNDS,
     tol: float = 1e-7,
 ) -> float:
     """Post-hoc temperature scaling (Guo et al., 2017): the one temperature ``T`` that minimises the mean NLL of the
@@ -229,7 +233,9 @@ def fit_temperature(
     return temperature
 
 
-def temperature_at_bound(temperature: float, bounds: tuple[float, float] = (0.05, 20.0), rtol: float = 1e-3) -> bool:
+def temperature_at_bound(
+    temperature: float, bounds: tuple[float, float] = _TEMPERATURE_BOUNDS, rtol: float = 1e-3
+) -> bool:
     """Whether a fitted temperature is (within ``rtol``) one of ``bounds``: the NLL had no minimum inside them, and the
     temperature says more about the bounds than about the model (:func:`fit_temperature`)."""
     return bool(temperature <= bounds[0] * (1 + rtol) or temperature >= bounds[1] * (1 - rtol))
