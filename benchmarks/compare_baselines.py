@@ -3,6 +3,7 @@
     python benchmarks/compare_baselines.py --preset cpu                  # SmolLM2-135M-Instruct, synthetic task
     python benchmarks/compare_baselines.py --preset cpu --budget_minutes 100 --jobs 2
     python benchmarks/compare_baselines.py --preset gpu --dry_run        # Qwen2.5-1.5B through its recipe
+    python benchmarks/compare_baselines.py --preset evidence --output_dir DIR --analyse  # the finished runs so far
     python benchmarks/compare_baselines.py --preset cpu --train_file medqa_train.jsonl \\
         --eval_file medqa_test.jsonl --traces_file medqa_traces.jsonl -- --model_name_or_path MODEL
 
@@ -394,7 +395,10 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
     say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
     seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None)
     with open(os.path.join(run.folder, "DONE.json"), "w") as f:
-        json.dump({"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd}, f, indent=2)
+        done = {"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd, "commit": git_commit()}
+        if checkpoint is not None:  # the seconds are those of the last process only
+            done["resumed_from"] = os.path.basename(checkpoint)
+        json.dump(done, f, indent=2)
     evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
     say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s (anchor questions evaluated)")
 
@@ -574,7 +578,9 @@ def scaled(raw: list[dict], anchor: list[dict]) -> tuple[float, list[dict]]:
     return t, temperature_scaled_records(raw, t)
 
 
-def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dict:
+def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missing: list[str] | None = None) -> dict:
+    """Tables, comparisons, curves and the reliability grid of ``runs`` (finished), written to ``--output_dir``;
+    ``missing`` names the preset's runs left out (``--analyse`` before the preset has finished)."""
     from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
 
     from hytuning_trl import temperature_at_bound
@@ -661,6 +667,9 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
     result = {
         "commit": git_commit(),
+        "runs_commits": sorted({_done(r).get("commit") or "not recorded" for r in runs}),
+        "partial": bool(missing),
+        "runs_missing": missing or [],
         "gate": gate(base, by_arm.get("rd_only"), against_base),
         "plan": plan,
         "timing": timing,
@@ -675,7 +684,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
         "against_base": against_base,
         "metrics_move": move,
         "run_seconds": seconds,
-        "wall_s": round(time.time() - args.started, 1),
+        "wall_s": None if args.analyse else round(time.time() - args.started, 1),  # --analyse: the runs' is unknown
         "validity": _validity(out),
         "files": files,
     }
@@ -684,8 +693,34 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict) -> dic
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(result, args))
     curves(out, runs, base, by_arm, files)
-    grid(out, runs)
+    grid(out, runs, base, by_arm)
     return result
+
+
+def analyse_finished(args, runs: list[Run]) -> dict:
+    """``--analyse``: :func:`analyse` on the runs finished so far under ``--output_dir``, with this checkout's code,
+    training and evaluating nothing and writing no data file, so a preset still running there is left undisturbed
+    (interim figures while it runs; the analysis of a finished run again after a fix to the analysis)."""
+    out = args.output_dir
+    plan_path = os.path.join(out, "plan.json")
+    if not os.path.exists(plan_path):
+        raise SystemExit(f"--analyse: {plan_path} does not exist; run the preset into --output_dir first.")
+    with open(plan_path) as f:
+        saved = json.load(f)
+    data = os.path.join(out, "data")
+    files = {k: os.path.join(data, f"{k}.jsonl") for k in ("rd_traces", "anchor_traces", "eval_used", "probe")}
+    if args.probe_file:
+        files["probe"] = args.probe_file
+    for need in [*files.values(), os.path.join(out, "base", "predictions.jsonl")]:
+        if not os.path.exists(need):
+            raise SystemExit(f"--analyse: {need} does not exist; run the preset into --output_dir first.")
+    files["n_eval"] = str(len(read_jsonl(files["eval_used"])))
+    done = [r for r in runs if r.done]
+    if not done:
+        raise SystemExit(f"--analyse: no finished run (DONE.json) under {os.path.join(out, 'runs')}.")
+    missing = [f"{r.arm}/seed{r.seed}" for r in runs if not r.done]
+    say(f"analysing {len(done)} finished run(s); not finished: {', '.join(missing) or 'none'}")
+    return analyse(args, done, saved["plan"], saved["timing"], files, missing)
 
 
 def reading(row: dict, margin: float | None = None) -> str:
@@ -755,9 +790,16 @@ def _ci(res: dict) -> str:
 def markdown(result: dict, args) -> str:
     plan, lines = result["plan"], []
     lines.append(f"Command: `python benchmarks/compare_baselines.py {' '.join(args.argv)}`\n")
+    if result["partial"]:
+        lines.append(
+            f"**Partial**: {len(result['runs_missing'])} of the preset's runs not finished and left out "
+            f"({', '.join(result['runs_missing'])}); arms with fewer seeds than planned, intervals to match.\n"
+        )
+    lines.append(f"Runs made at commit(s) {', '.join(result['runs_commits'])}; analysed at {result['commit']}.\n")
+    wall = "n/a (analysed afterwards)" if result["wall_s"] is None else f"{result['wall_s'] / 60:.1f} min"
     lines.append(
         f"{result['n_questions']} eval questions; {plan['max_steps']} steps per run, probe every "
-        f"{plan['probe_steps']}; wall {result['wall_s'] / 60:.1f} min. Better: accuracy and AUROC up, Brier and ECE "
+        f"{plan['probe_steps']}; wall {wall}. Better: accuracy and AUROC up, Brier and ECE "
         "down. Intervals: 95% bootstrap (questions; seeds then questions for several seeds). With 3 seeds the seed "
         "stage has only 10 distinct resamples.\n"
     )
@@ -789,7 +831,10 @@ def markdown(result: dict, args) -> str:
             "bound than about the model; 16 questions are few).\n"
         )
     lines.append("Primary comparisons (fixed in the script before the run; difference = arm - reference):\n")
-    lines += _comparison_table(result["primary"])
+    if result["primary"]:
+        lines += _comparison_table(result["primary"])
+    else:
+        lines.append("None yet: the arms they compare have not both finished a run.")
     lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")
     lines.append("Against the base model:\n")
     lines += _comparison_table(result["against_base"])
@@ -873,15 +918,33 @@ def curves(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[i
     plt.close(fig)
 
 
-def grid(out: str, runs: list[Run]) -> None:
+def grid(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, list[dict]]]) -> None:
+    """The reliability diagrams of the base model and of each arm's first seed, side by side: the evaluation's own
+    PNGs, or drawn again from the predictions where they are missing (``--collect`` copies no PNG)."""
+    import tempfile
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("base model", os.path.join(out, "base", "reliability.png"))]
-    panels += [(f"{r.arm} (seed 0)", os.path.join(r.folder, "calibration_after", "reliability.png")) for r in runs
-               if r.seed == 0]  # fmt: skip
+    from hytuning_trl import reliability_diagram
+
+    tmp = tempfile.mkdtemp()
+    seed0 = {}
+    for r in runs:
+        if r.arm not in seed0 or r.seed < seed0[r.arm].seed:
+            seed0[r.arm] = r
+    entries = [("base model", os.path.join(out, "base"), base)]
+    entries += [(f"{r.arm} (seed {r.seed})", os.path.join(r.folder, "calibration_after"), by_arm[r.arm][r.seed])
+                for r in seed0.values()]  # fmt: skip
+    panels = []
+    for i, (title, folder, recs) in enumerate(entries):
+        png = os.path.join(folder, "reliability.png")
+        if not os.path.exists(png):
+            png = os.path.join(tmp, f"{i}.png")
+            reliability_diagram([x["confidence"] for x in recs], [x["correct"] for x in recs], png, title=title)
+        panels.append((title, png))
     cols = 4
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.5 * rows), constrained_layout=True, squeeze=False)
@@ -892,6 +955,7 @@ def grid(out: str, runs: list[Run]) -> None:
         ax.set_title(title)
     fig.savefig(os.path.join(out, "reliability_grid.png"), dpi=100)
     plt.close(fig)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 #: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
@@ -951,6 +1015,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         metavar="DIR",
         help="Copy the small outputs of --output_dir's finished runs (no weights) to DIR, to commit; run nothing.",
     )
+    p.add_argument(
+        "--analyse",
+        action="store_true",
+        help="Analyse the runs finished so far under --output_dir (results.json, results.md, figures there, marked "
+        "partial while runs are missing); train and evaluate nothing. Safe beside a preset still running there.",
+    )
     args = p.parse_args(own)
     args.argv = own + (["--", *extra] if extra else [])
     return args, extra
@@ -963,6 +1033,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.jobs = args.jobs or preset.jobs
     os.makedirs(args.output_dir, exist_ok=True)
     runs = plan_runs(preset, args)
+    if args.analyse:
+        result = analyse_finished(args, runs)
+        with open(os.path.join(args.output_dir, "results.md")) as f:
+            print(f.read())
+        return result
     if args.collect:
         copied = collect(args.output_dir, args.collect)
         say(f"{len(copied)} files copied to {args.collect}")

@@ -225,6 +225,22 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     os.remove(os.path.join(folder, "DONE.json"))
     with open(os.path.join(folder, "stale.txt"), "w") as f:
         f.write("left by an interrupted run")
+    # --analyse: the finished runs only, as they stand; nothing trained, evaluated or rewritten in data/
+    data_stamps = {f: os.path.getmtime(os.path.join(data, f)) for f in os.listdir(data)}
+    os.remove(os.path.join(out, "runs", "hytuning", "seed0", "calibration_after", "reliability.png"))  # as collected
+    own = argv[: argv.index("--")]
+    partial = cb.main([*own, "--analyse"])
+    assert "Partial" in capsys.readouterr().out
+    assert partial["partial"] and partial["runs_missing"] == ["rd_only/seed1"]
+    assert partial["table"]["rd_only"]["seeds"] == [0] and partial["table"]["hytuning"]["seeds"] == [0, 1]
+    assert partial["table"]["rd_only"]["accuracy"]["value"] == pytest.approx(acc("rd_only", 0))
+    vs_rd = {c["name"]: c for c in partial["primary"]}["hytuning vs rd_only: accuracy"]
+    assert vs_rd["n_seeds"] == 1 and vs_rd["diff"] == pytest.approx(acc("hytuning", 0) - acc("rd_only", 0))
+    assert partial["wall_s"] is None and partial["runs_commits"] == [cb.git_commit()]
+    assert os.path.exists(os.path.join(folder, "stale.txt")) and not os.path.exists(os.path.join(folder, "DONE.json"))
+    assert {f: os.path.getmtime(os.path.join(data, f)) for f in os.listdir(data)} == data_stamps
+    assert os.path.getsize(os.path.join(out, "reliability_grid.png")) > 0
+
     cb.main(argv)
     log = capsys.readouterr().out
     assert log.count("done before, skipped") == 7 and "rd_only seed 1: started" in log
