@@ -255,6 +255,15 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def derived_files(args: argparse.Namespace) -> dict[str, str]:
+    """Where :func:`prepare_data` writes the files every run reads (the probe: ``--probe_file`` when given)."""
+    data = os.path.join(args.output_dir, "data")
+    files = {k: os.path.join(data, f"{k}.jsonl") for k in ("rd_traces", "anchor_traces", "eval_used", "probe")}
+    if args.probe_file:
+        files["probe"] = args.probe_file
+    return files
+
+
 def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
     """The files every run reads; the traces split once into RD and anchor traces (fixed permutation, seed 0)."""
     data = os.path.join(args.output_dir, "data")
@@ -278,18 +287,13 @@ def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
     order = list(range(len(traces)))
     random.Random(0).shuffle(order)
     held = set(order[:n_anchor])
-    files["rd_traces"] = os.path.join(data, "rd_traces.jsonl")
-    files["anchor_traces"] = os.path.join(data, "anchor_traces.jsonl")
+    files.update(derived_files(args))
     write_jsonl(files["rd_traces"], [t for i, t in enumerate(traces) if i not in held])
     write_jsonl(files["anchor_traces"], [t for i, t in enumerate(traces) if i in held])
     eval_rows = read_jsonl(files["eval"])[: args.max_eval_samples or None]
-    files["eval_used"] = os.path.join(data, "eval_used.jsonl")
     files["n_eval"] = str(len(eval_rows))
     write_jsonl(files["eval_used"], eval_rows)
-    if args.probe_file:
-        files["probe"] = args.probe_file
-    else:
-        files["probe"] = os.path.join(data, "probe.jsonl")
+    if not args.probe_file:
         write_jsonl(files["probe"], eval_rows[: preset.n_probe])
     say(
         f"data: {len(read_jsonl(files['train']))} unlabeled, {len(traces) - n_anchor} RD traces + {n_anchor} anchor, "
@@ -707,10 +711,7 @@ def analyse_finished(args, runs: list[Run]) -> dict:
         raise SystemExit(f"--analyse: {plan_path} does not exist; run the preset into --output_dir first.")
     with open(plan_path) as f:
         saved = json.load(f)
-    data = os.path.join(out, "data")
-    files = {k: os.path.join(data, f"{k}.jsonl") for k in ("rd_traces", "anchor_traces", "eval_used", "probe")}
-    if args.probe_file:
-        files["probe"] = args.probe_file
+    files = derived_files(args)
     for need in [*files.values(), os.path.join(out, "base", "predictions.jsonl")]:
         if not os.path.exists(need):
             raise SystemExit(f"--analyse: {need} does not exist; run the preset into --output_dir first.")
@@ -930,7 +931,6 @@ def grid(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int
 
     from hytuning_trl import reliability_diagram
 
-    tmp = tempfile.mkdtemp()
     seed0 = {}
     for r in runs:
         if r.arm not in seed0 or r.seed < seed0[r.arm].seed:
@@ -938,24 +938,21 @@ def grid(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int
     entries = [("base model", os.path.join(out, "base"), base)]
     entries += [(f"{r.arm} (seed {r.seed})", os.path.join(r.folder, "calibration_after"), by_arm[r.arm][r.seed])
                 for r in seed0.values()]  # fmt: skip
-    panels = []
-    for i, (title, folder, recs) in enumerate(entries):
-        png = os.path.join(folder, "reliability.png")
-        if not os.path.exists(png):
-            png = os.path.join(tmp, f"{i}.png")
-            reliability_diagram([x["confidence"] for x in recs], [x["correct"] for x in recs], png, title=title)
-        panels.append((title, png))
     cols = 4
-    rows = math.ceil(len(panels) / cols)
+    rows = math.ceil(len(entries) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.5 * rows), constrained_layout=True, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (title, png) in zip(axes.flat, panels):
-        ax.imshow(plt.imread(png))
-        ax.set_title(title)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (ax, (title, folder, recs)) in enumerate(zip(axes.flat, entries)):
+            png = os.path.join(folder, "reliability.png")
+            if not os.path.exists(png):
+                png = os.path.join(tmp, f"{i}.png")
+                reliability_diagram([x["confidence"] for x in recs], [x["correct"] for x in recs], png, title=title)
+            ax.imshow(plt.imread(png))
+            ax.set_title(title)
     fig.savefig(os.path.join(out, "reliability_grid.png"), dpi=100)
     plt.close(fig)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 #: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
@@ -1026,6 +1023,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
+def show(result: dict, out: str) -> dict:
+    """Print the ``results.md`` that :func:`analyse` wrote; return its result."""
+    with open(os.path.join(out, "results.md")) as f:
+        print(f.read())
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args, extra = parse(list(sys.argv[1:] if argv is None else argv))
     args.started = time.time()
@@ -1034,10 +1038,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     os.makedirs(args.output_dir, exist_ok=True)
     runs = plan_runs(preset, args)
     if args.analyse:
-        result = analyse_finished(args, runs)
-        with open(os.path.join(args.output_dir, "results.md")) as f:
-            print(f.read())
-        return result
+        return show(analyse_finished(args, runs), args.output_dir)
     if args.collect:
         copied = collect(args.output_dir, args.collect)
         say(f"{len(copied)} files copied to {args.collect}")
@@ -1102,10 +1103,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 say(f"{r.arm} seed {r.seed} FAILED: {e}")
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed; rerun the same command to redo only those.")
-    result = analyse(args, runs, plan, timing, files)
-    with open(os.path.join(args.output_dir, "results.md")) as f:
-        print(f.read())
-    return result
+    return show(analyse(args, runs, plan, timing, files), args.output_dir)
 
 
 if __name__ == "__main__":
