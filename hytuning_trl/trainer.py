@@ -23,8 +23,9 @@ import threading
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
@@ -650,10 +651,42 @@ class HyTuningTrainer(GRPOTrainer):
             adapter=hasattr(self.model, "peft_config"),
         )
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """TRL's ``train``, except when the checkpoint to resume from is already at ``max_steps``: transformers runs
+        one optimizer step before its loop checks ``max_steps``, so resuming a finished run (one stopped during its
+        final evaluation) would train step ``max_steps + 1``. Such a checkpoint's weights, trainer state and mixing
+        state are loaded and no step runs (``training_loss`` 0, as transformers reports for no step)."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        state_path = os.path.join(checkpoint, TRAINER_STATE_NAME) if isinstance(checkpoint, str) else ""
+        if self.args.max_steps > 0 and os.path.exists(state_path):
+            state = TrainerState.load_from_json(state_path)
+            if state.global_step >= self.args.max_steps:
+                return self._load_finished(checkpoint, state)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _load_finished(self, checkpoint: str, state: TrainerState) -> TrainOutput:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                f"{checkpoint} is at step {state.global_step} and max_steps is {self.args.max_steps}: its training is "
+                "finished, and resuming it would train one step more. Use the model saved in it (or "
+                "trainer.save_model() after loading it), or raise max_steps to train on."
+            )
+        logger.warning(f"{checkpoint} is at max_steps ({state.global_step}): loaded, no step trained.")
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        self._load_hytuning_state(checkpoint)
+        return TrainOutput(state.global_step, 0.0, {})
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
+        if checkpoint is not None:
+            self._load_hytuning_state(checkpoint)
+
+    def _load_hytuning_state(self, checkpoint: str) -> None:
+        """The mixing state and RD iterator position saved in ``checkpoint``, after checking that it held out the same
+        anchor as this run."""
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.exists(path):
             logger.warning(

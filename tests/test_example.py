@@ -99,6 +99,11 @@ def test_resume_from_checkpoint(example, trained_dir, tmp_path):
     assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
     state = json.loads((out / "checkpoint-4" / "hytuning_state.json").read_text())
     assert state["generation_rounds"] == 4 and state["anchor_fingerprint"] == saved["anchor_fingerprint"]
+    # the same command again, as after a stop during the final evaluation: checkpoint-4 is loaded, no step 5
+    third = example.main(*example.parse([*common, "--max_steps", "4", "--resume_from_checkpoint", "true"]))
+    assert third["resumed_from"] == str(out / "checkpoint-4") and third["mixing_trajectory"] == trajectory
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert not (out / "checkpoint-5").exists()
 
 
 def test_bad_trace_columns(example, tmp_path):

@@ -247,6 +247,28 @@ def test_resume_restores_mixing_state(tmp_path, build_trainer, trained_tokenizer
         other.train(resume_from_checkpoint=str(ckpt))
 
 
+def test_resume_of_a_finished_run_trains_no_further_step(tmp_path, build_trainer, trained_dir):
+    """transformers runs one optimizer step before its loop checks ``max_steps``, so resuming a run whose last
+    checkpoint is at ``max_steps`` (one stopped during its final evaluation) trained step ``max_steps + 1``. The
+    resumed trainer must hold the checkpoint's weights, state and mixing state, and train nothing."""
+    from transformers import AutoModelForCausalLM
+
+    build_trainer(max_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3).train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    saved = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    fresh = AutoModelForCausalLM.from_pretrained(trained_dir)
+    assert not all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())  # the check below can fail
+
+    resumed = build_trainer(model=fresh, max_steps=2, save_strategy="steps", save_steps=1, learning_rate=1e-3)
+    out = resumed.train(resume_from_checkpoint=True)
+    assert out.global_step == resumed.state.global_step == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert all(torch.equal(v, saved[k]) for k, v in resumed.model.state_dict().items())
+    assert resumed.state.log_history == json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    restored = {**resumed.mixing.state_dict(), **resumed.distill_iterator.state_dict()}
+    assert restored == json.loads((ckpt / "hytuning_state.json").read_text())
+
+
 def test_completions_table_and_model_card(tmp_path, build_trainer, trained_model, trained_tokenizer):
     """Each row's `hytuning_prg` equals the PRG computed by hand for that completion: plain forwards over
     [x, s_1..s_k, t] for its stated option, then (p_K - p_0) x the share of sign-consistent steps."""
