@@ -428,6 +428,13 @@ def log_history(run: Run) -> list[dict]:
         return json.load(f)["log_history"]
 
 
+def steps_trained(run: Run) -> int:
+    """The run's optimizer steps as its ``trainer_state.json`` counts them (a resume at the final checkpoint with a
+    package older than 0.3.0's fix trained one more)."""
+    with open(os.path.join(run.folder, "trainer_state.json")) as f:
+        return json.load(f)["global_step"]
+
+
 def rd_weights(run: Run) -> list[tuple[int, float]]:
     """``(step, rd_weight)`` as the run logged them."""
     return [(h["step"], h["hytuning/rd_weight"]) for h in log_history(run) if "hytuning/rd_weight" in h]
@@ -669,6 +676,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missin
         "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
     }
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
+    steps = {f"{r.arm}/seed{r.seed}": steps_trained(r) for r in runs}
     result = {
         "commit": git_commit(),
         "runs_commits": sorted({_done(r).get("commit") or "not recorded" for r in runs}),
@@ -688,6 +696,8 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missin
         "against_base": against_base,
         "metrics_move": move,
         "run_seconds": seconds,
+        "run_steps": steps,
+        "runs_off_plan": [k for k, n in steps.items() if n != plan["max_steps"]],
         "wall_s": None if args.analyse else round(time.time() - args.started, 1),  # --analyse: the runs' is unknown
         "validity": _validity(out),
         "files": files,
@@ -797,6 +807,9 @@ def markdown(result: dict, args) -> str:
             f"({', '.join(result['runs_missing'])}); arms with fewer seeds than planned, intervals to match.\n"
         )
     lines.append(f"Runs made at commit(s) {', '.join(result['runs_commits'])}; analysed at {result['commit']}.\n")
+    if result["runs_off_plan"]:
+        off = ", ".join(f"{k} ({result['run_steps'][k]})" for k in result["runs_off_plan"])
+        lines.append(f"**Steps off the plan** ({plan['max_steps']} planned): {off}.\n")
     wall = "n/a (analysed afterwards)" if result["wall_s"] is None else f"{result['wall_s'] / 60:.1f} min"
     lines.append(
         f"{result['n_questions']} eval questions; {plan['max_steps']} steps per run, probe every "

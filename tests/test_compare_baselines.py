@@ -228,9 +228,17 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     # --analyse: the finished runs only, as they stand; nothing trained, evaluated or rewritten in data/
     data_stamps = {f: os.path.getmtime(os.path.join(data, f)) for f in os.listdir(data)}
     os.remove(os.path.join(out, "runs", "hytuning", "seed0", "calibration_after", "reliability.png"))  # as collected
+    state_file = os.path.join(out, "runs", "hytuning", "seed1", "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    assert result["run_steps"]["hytuning/seed1"] == state["global_step"] == 2 and result["runs_off_plan"] == []
+    with open(state_file, "w") as f:  # as a resume at the final checkpoint before the trainer's fix left it
+        json.dump({**state, "global_step": 3}, f)
     own = argv[: argv.index("--")]
     partial = cb.main([*own, "--analyse"])
-    assert "Partial" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Partial" in printed and "Steps off the plan** (2 planned): hytuning/seed1 (3)" in printed
+    assert partial["runs_off_plan"] == ["hytuning/seed1"] and partial["run_steps"]["hytuning/seed0"] == 2
     assert partial["partial"] and partial["runs_missing"] == ["rd_only/seed1"]
     assert partial["table"]["rd_only"]["seeds"] == [0] and partial["table"]["hytuning"]["seeds"] == [0, 1]
     assert partial["table"]["rd_only"]["accuracy"]["value"] == pytest.approx(acc("rd_only", 0))
