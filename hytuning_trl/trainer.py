@@ -651,7 +651,7 @@ class HyTuningTrainer(GRPOTrainer):
             adapter=hasattr(self.model, "peft_config"),
         )
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """TRL's ``train``, except when the checkpoint to resume from is already at ``max_steps``: transformers runs
         one optimizer step before its loop checks ``max_steps``, so resuming a finished run (one stopped during its
         final evaluation) would train step ``max_steps + 1``. Such a checkpoint's weights, trainer state and mixing
@@ -664,7 +664,7 @@ class HyTuningTrainer(GRPOTrainer):
             state = TrainerState.load_from_json(state_path)
             if state.global_step >= self.args.max_steps:
                 return self._load_finished(checkpoint, state)
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
 
     def _load_finished(self, checkpoint: str, state: TrainerState) -> TrainOutput:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
