@@ -30,13 +30,17 @@ def _env():
     return env
 
 
-def _launch(kind, out, *args):
+def _run(kind, out, *args) -> subprocess.CompletedProcess:
     if kind == "ddp":
         cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_port()), RUNNER]
     else:
         cmd = ["accelerate", "launch", "--config_file", ZERO3, "--main_process_port", str(_port()), RUNNER]
     cmd += ["--out", str(out), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+
+
+def _launch(kind, out, *args):
+    proc = _run(kind, out, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in results] == [2, 2] and [r["rank"] for r in results] == [0, 1]
@@ -140,23 +144,38 @@ def test_ddp_resume_restores_state(ddp_run, trained_dir):
 
 
 @pytest.mark.multiprocess
+def test_ddp_resume_at_max_steps_trains_nothing(ddp_run, trained_dir, tmp_path):
+    """Resumed at a checkpoint already at max_steps, every process loads it and trains no step (transformers would
+    take one more before its loop checks max_steps)."""
+    out, _ = ddp_run
+    ckpt = out / "checkpoint-2"
+    saved = json.loads((ckpt / "hytuning_state.json").read_text())
+    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    args = ("--model", trained_dir, "--scripted", "--max_steps", "2", "--resume", str(ckpt), "--anchor_rows", "5")
+    for r in _launch("ddp", tmp_path, *args):
+        assert r["global_step"] == 2 and r["step_counts"] == []
+        assert r["final_mixing"] == {k: v for k, v in saved.items() if k not in ("rd_epoch", "rd_position")}
+        assert r["logs"] == [h for h in history if "loss" in h]
+
+
+@pytest.mark.multiprocess
 def test_ddp_own_anchor_by_hand(ddp_run, trained_dir):
     _own_anchor_by_hand(trained_dir, ddp_run[1])
 
 
 @pytest.mark.multiprocess
 def test_zero3_two_processes(trained_dir, tmp_path):
-    results = _launch(
-        "zero3",
-        tmp_path,
-        *("--model", trained_dir, "--scripted", "--max_steps", "3", "--token_budget", "200", "--anchor_rows", "5"),
-    )
+    common = ("--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5")
+    results = _launch("zero3", tmp_path, *common, "--token_budget", "200", "--save_steps", "3")
     _own_anchor_by_hand(trained_dir, results)
     lams = _same_lam_every_step(results)
     assert len(set(lams)) > 1
     assert set(results[0]["step_counts"]) == {1} and set(results[1]["step_counts"]) == {4}
     _traces_sharded(results)
     assert all(r["finite"] for r in results)
+    # resumed at its final checkpoint, ZeRO-3 refuses (transformers would train one step more) and names the fix
+    proc = _run("zero3", tmp_path / "again", *common, "--resume", str(tmp_path / "checkpoint-3"))
+    assert proc.returncode != 0 and "its training is finished" in proc.stderr and "raise max_steps" in proc.stderr
 
 
 @pytest.mark.multiprocess
@@ -210,23 +229,7 @@ def test_zero3_lora_real_generation(trained_dir, tmp_path):
 
 @pytest.mark.multiprocess
 def test_zero3_lora_with_checkpointing_fails_clearly(trained_dir, tmp_path):
-    cmd = [
-        "accelerate",
-        "launch",
-        "--config_file",
-        ZERO3,
-        "--main_process_port",
-        str(_port()),
-        RUNNER,
-        "--out",
-        str(tmp_path),
-        "--model",
-        trained_dir,
-        "--peft",
-        "--max_steps",
-        "1",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    proc = _run("zero3", tmp_path, "--model", trained_dir, "--peft", "--max_steps", "1")
     assert proc.returncode != 0 and "gradient_checkpointing=False" in proc.stderr
 
 

@@ -175,6 +175,7 @@ def main():
     result = {
         "world_size": trainer.accelerator.num_processes,
         "rank": trainer.accelerator.process_index,
+        "global_step": trainer.state.global_step,
         "logs": [h for h in trainer.state.log_history if "loss" in h],
         "seen_traces": seen_traces,
         "batches_per_epoch": iterator.batches_per_epoch if iterator is not None else 0,
