@@ -269,6 +269,24 @@ def test_resume_of_a_finished_run_trains_no_further_step(tmp_path, build_trainer
     assert restored == json.loads((ckpt / "hytuning_state.json").read_text())
 
 
+def test_resume_of_a_finished_lora_run_loads_the_adapter(tmp_path, build_trainer, trained_dir):
+    """The same for a LoRA run: the checkpoint holds only the adapter, which must come back, not a fresh one."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    build_trainer(max_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-2, peft_config=lora).train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    saved = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), ckpt).state_dict()
+    fresh = AutoModelForCausalLM.from_pretrained(trained_dir)
+    resumed = build_trainer(model=fresh, max_steps=2, learning_rate=1e-2, peft_config=lora)
+    assert resumed.train(resume_from_checkpoint=str(ckpt)).global_step == 2
+    weights = resumed.model.state_dict()
+    adapter = [k for k in weights if "lora_B" in k]
+    assert adapter and any(weights[k].abs().sum() > 0 for k in adapter)  # lora_B starts at zero: it was loaded
+    assert all(torch.equal(weights[k], saved[k]) for k in adapter)
+
+
 def test_completions_table_and_model_card(tmp_path, build_trainer, trained_model, trained_tokenizer):
     """Each row's `hytuning_prg` equals the PRG computed by hand for that completion: plain forwards over
     [x, s_1..s_k, t] for its stated option, then (p_K - p_0) x the share of sign-consistent steps."""
