@@ -423,16 +423,15 @@ def git_commit() -> str | None:
     return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
 
 
+def trainer_state(run: Run) -> dict:
+    """The run's ``trainer_state.json``: its ``log_history`` and ``global_step`` (the optimizer steps it trained; a
+    resume at the final checkpoint before the trainer's fix of a40c8da trained one more)."""
+    with open(os.path.join(run.folder, "trainer_state.json")) as f:
+        return json.load(f)
+
+
 def log_history(run: Run) -> list[dict]:
-    with open(os.path.join(run.folder, "trainer_state.json")) as f:
-        return json.load(f)["log_history"]
-
-
-def steps_trained(run: Run) -> int:
-    """The run's optimizer steps as its ``trainer_state.json`` counts them (a resume at the final checkpoint with a
-    package older than 0.3.0's fix trained one more)."""
-    with open(os.path.join(run.folder, "trainer_state.json")) as f:
-        return json.load(f)["global_step"]
+    return trainer_state(run)["log_history"]
 
 
 def rd_weights(run: Run) -> list[tuple[int, float]]:
@@ -676,7 +675,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missin
         "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
     }
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
-    steps = {f"{r.arm}/seed{r.seed}": steps_trained(r) for r in runs}
+    steps = {f"{r.arm}/seed{r.seed}": trainer_state(r)["global_step"] for r in runs}
     result = {
         "commit": git_commit(),
         "runs_commits": sorted({_done(r).get("commit") or "not recorded" for r in runs}),
