@@ -4,6 +4,7 @@
     python benchmarks/compare_baselines.py --preset cpu --budget_minutes 100 --jobs 2
     python benchmarks/compare_baselines.py --preset gpu --dry_run        # Qwen2.5-1.5B through its recipe
     python benchmarks/compare_baselines.py --preset evidence --output_dir DIR --analyse  # the finished runs so far
+    python benchmarks/compare_baselines.py --preset evidence --output_dir DIR --restore docs/data/evidence  # lost DIR
     python benchmarks/compare_baselines.py --preset cpu --train_file medqa_train.jsonl \\
         --eval_file medqa_test.jsonl --traces_file medqa_traces.jsonl -- --model_name_or_path MODEL
 
@@ -979,21 +980,74 @@ RUN_OUTPUTS = [
 ]  # fmt: skip
 
 
+def run_folders(root: str) -> list[str]:
+    """``runs/<arm>/<seed>`` of every run folder under ``root``, relative to it."""
+    runs_dir = os.path.join(root, "runs")
+    arms = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+    return [os.path.join("runs", a, seed) for a in arms for seed in sorted(os.listdir(os.path.join(runs_dir, a)))]
+
+
 def collect(out: str, dest: str) -> list[str]:
     """Copy the preset's small outputs and those of every finished run (``DONE.json`` and its anchor evaluation
     there) from ``out`` to ``dest``, under the same relative paths; unfinished runs are left out. Returns the paths
     copied (relative)."""
     paths = [p for p in SMALL_OUTPUTS if os.path.exists(os.path.join(out, p))]
-    runs_dir = os.path.join(out, "runs")
-    for arm in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        for seed in sorted(os.listdir(os.path.join(runs_dir, arm))):
-            rel = os.path.join("runs", arm, seed)
-            if os.path.exists(os.path.join(out, rel, "calibration_anchor", "predictions.jsonl")):
-                paths += [os.path.join(rel, p) for p in RUN_OUTPUTS if os.path.exists(os.path.join(out, rel, p))]
+    for rel in run_folders(out):
+        if os.path.exists(os.path.join(out, rel, "calibration_anchor", "predictions.jsonl")):
+            paths += [os.path.join(rel, p) for p in RUN_OUTPUTS if os.path.exists(os.path.join(out, rel, p))]
     for rel in paths:
         os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
         shutil.copyfile(os.path.join(out, rel), os.path.join(dest, rel))
     return paths
+
+
+#: Analysis outputs: made anew by every analysis, so ``--restore`` leaves them behind.
+ANALYSIS_OUTPUTS = {"results.json", "results.md", "curves.png", "reliability_grid.png"}
+
+
+def restore(src: str, out: str) -> list[str]:
+    """The inverse of :func:`collect`: copy the small outputs committed under ``src`` back into ``out`` where a file
+    is missing (never over one), so that a run on a fresh machine skips the finished runs and reuses the base model's
+    evaluation, the validity check and the plan instead of redoing hours of work. Returns the paths copied
+    (relative). What the copies hold is checked against the data files by :func:`check_reused`."""
+    if not os.path.isdir(src):
+        raise SystemExit(f"--restore {src}: no such folder (the one --collect wrote, e.g. docs/data/evidence).")
+    wanted = [p for p in SMALL_OUTPUTS if p not in ANALYSIS_OUTPUTS]
+    wanted += [os.path.join(rel, p) for rel in run_folders(src) for p in RUN_OUTPUTS]
+    copied = []
+    for rel in wanted:
+        source, target = os.path.join(src, rel), os.path.join(out, rel)
+        if os.path.exists(source) and not os.path.exists(target):
+            os.makedirs(os.path.dirname(target) or out, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.append(rel)
+    return copied
+
+
+def check_reused(out: str, files: dict) -> None:
+    """Evaluations kept from an earlier start (or ``--restore``) must be of the questions the data files hold now,
+    in order: a run reused on other questions would enter the comparisons unpaired. Raises ``SystemExit`` naming the
+    file that differs."""
+    from hytuning_trl.mcq import load_mcq
+
+    sources = [("base", "eval_used"), ("base_anchor", "anchor_traces")]
+    for rel in run_folders(out):
+        sources += [(os.path.join(rel, "calibration_after"), "eval_used")]
+        sources += [(os.path.join(rel, "calibration_anchor"), "anchor_traces")]
+    for folder, key in sources:
+        path = os.path.join(out, folder, "predictions.jsonl")
+        if not os.path.exists(path):
+            continue
+        kept = [(r["question"], r["gold"]) for r in read_jsonl(path)]
+        questions = [(q["question"], q["answer_idx"]) for q in load_mcq(files[key])]  # as the evaluation read them
+        if kept != questions:
+            same = [a == b for a, b in zip(kept, questions)]
+            first = same.index(False) if False in same else len(same)
+            raise SystemExit(
+                f"{path} holds answers to other questions than {files[key]} ({len(kept)} against {len(questions)}, "
+                f"first difference at question {first}): it was made with other data (--data_seed, the data files, "
+                "--max_eval_samples). Use a fresh --output_dir, or the data it was made with."
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -1025,6 +1079,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="Copy the small outputs of --output_dir's finished runs (no weights) to DIR, to commit; run nothing.",
     )
     p.add_argument(
+        "--restore",
+        metavar="DIR",
+        help="Before anything else, copy the small outputs that --collect wrote to DIR back into --output_dir where "
+        "missing (a fresh machine: finished runs are skipped, the base evaluation and the plan reused; checked "
+        "against the data files), then go on as without it.",
+    )
+    p.add_argument(
         "--analyse",
         action="store_true",
         help="Analyse the runs finished so far under --output_dir (results.json, results.md, figures there, marked "
@@ -1049,6 +1110,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.jobs = args.jobs or preset.jobs
     os.makedirs(args.output_dir, exist_ok=True)
     runs = plan_runs(preset, args)
+    if args.restore:
+        copied = restore(args.restore, args.output_dir)
+        say(f"{len(copied)} files restored from {args.restore} into {args.output_dir}")
     if args.analyse:
         return show(analyse_finished(args, runs), args.output_dir)
     if args.collect:
@@ -1066,6 +1130,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{len(runs)} runs, up to {steps} steps each{note}, {args.jobs} at a time.")
         return None
     files = prepare_data(args, preset)
+    check_reused(args.output_dir, files)
     model = preset.model or next((extra[i + 1] for i, a in enumerate(extra) if a == "--model_name_or_path"), None)
     if model is None:
         sys.path.insert(0, os.path.dirname(SCRIPT))

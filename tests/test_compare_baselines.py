@@ -422,3 +422,67 @@ def test_collect_copies_finished_runs_small_outputs_only(tmp_path):
         "runs/rd_only/seed0/calibration_anchor/predictions.jsonl",
         "runs/rd_only/seed0/trainer_state.json",
     ]
+
+
+def test_restore_brings_back_what_collect_copied(tmp_path, capsys):
+    """--restore on a fresh output folder puts back, byte for byte, what --collect copied (a machine that lost its
+    run folder resumes from the committed outputs), except the analysis, which is made anew; a file already there
+    is kept, not overwritten."""
+    out, dest, fresh = tmp_path / "out", tmp_path / "dest", tmp_path / "fresh"
+    files = {
+        "plan.json": '{"plan": {"max_steps": 50}}',
+        "measurements.json": '{"base_eval_s": 1.0}',
+        "results.json": "{}",
+        "base/predictions.jsonl": '{"question": "q"}\n',
+        "validity/validity.json": "{}",
+        "runs/rd_only/seed0/DONE.json": '{"arm": "rd_only"}',
+        "runs/rd_only/seed0/trainer_state.json": '{"global_step": 50}',
+        "runs/rd_only/seed0/calibration_after/predictions.jsonl": '{"question": "a"}\n',
+        "runs/rd_only/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
+        "runs/rd_only/seed0/model.safetensors": "weights",
+    }
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    cb.main(["--output_dir", str(out), "--collect", str(dest)])
+    (fresh / "validity").mkdir(parents=True)
+    (fresh / "validity" / "validity.json").write_text('{"mine": true}')
+    capsys.readouterr()
+    cb.main(["--preset", "evidence", "--output_dir", str(fresh), "--restore", str(dest), "--dry_run"])
+    printed = capsys.readouterr().out
+    restored = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file())
+    assert restored == sorted(set(files) - {"results.json", "runs/rd_only/seed0/model.safetensors"})
+    for rel in restored:
+        expected = '{"mine": true}' if rel == "validity/validity.json" else files[rel]
+        assert (fresh / rel).read_text() == expected, rel
+    assert "7 files restored" in printed and "15 runs" in printed  # then on as without it (here: the dry run)
+    with pytest.raises(SystemExit, match="no such folder"):
+        cb.main(["--output_dir", str(fresh), "--restore", str(tmp_path / "nowhere"), "--dry_run"])
+
+
+def test_reused_evaluations_must_be_of_the_data_files_questions(tmp_path):
+    """Evaluations kept from an earlier start or restored must answer the questions the data files hold now, in
+    order; other questions (another --data_seed, fewer --max_eval_samples) stop the run, naming the file."""
+    out = tmp_path / "out"
+    args, _ = cb.parse(["--preset", "cpu", "--output_dir", str(out), "--max_eval_samples", "8"])
+    files = cb.prepare_data(args, cb.PRESETS["cpu"])
+    eval_rows = [json.loads(line) for line in open(files["eval_used"])]
+    anchor_rows = [json.loads(line) for line in open(files["anchor_traces"])]
+
+    def write(rel, rows):
+        (out / rel).mkdir(parents=True, exist_ok=True)
+        with open(out / rel / "predictions.jsonl", "w") as f:
+            f.writelines(json.dumps({"question": r["question"], "gold": r["answer_idx"]}) + "\n" for r in rows)
+
+    write("base", eval_rows)
+    write("base_anchor", anchor_rows)
+    write("runs/rd_only/seed0/calibration_after", eval_rows)
+    write("runs/rd_only/seed0/calibration_anchor", anchor_rows)
+    cb.check_reused(str(out), files)  # the same questions: nothing to say
+    write("runs/rd_only/seed0/calibration_after", [eval_rows[1], eval_rows[0], *eval_rows[2:]])
+    with pytest.raises(SystemExit, match=r"rd_only/seed0/calibration_after/predictions.jsonl .* question 0\)"):
+        cb.check_reused(str(out), files)
+    write("runs/rd_only/seed0/calibration_after", eval_rows)
+    write("base", eval_rows[:7])
+    with pytest.raises(SystemExit, match=r"base/predictions.jsonl .*\(7 against 8, first difference at question 7\)"):
+        cb.check_reused(str(out), files)
