@@ -1034,12 +1034,15 @@ def check_reused(out: str, files: dict) -> None:
     for rel in run_folders(out):
         sources += [(os.path.join(rel, "calibration_after"), "eval_used")]
         sources += [(os.path.join(rel, "calibration_anchor"), "anchor_traces")]
+    asked = {  # as the evaluation read them; each data file once, not once per evaluation kept
+        key: [(q["question"], q["answer_idx"]) for q in load_mcq(files[key])] for key in ("eval_used", "anchor_traces")
+    }
     for folder, key in sources:
         path = os.path.join(out, folder, "predictions.jsonl")
         if not os.path.exists(path):
             continue
         kept = [(r["question"], r["gold"]) for r in read_jsonl(path)]
-        questions = [(q["question"], q["answer_idx"]) for q in load_mcq(files[key])]  # as the evaluation read them
+        questions = asked[key]
         if kept != questions:
             same = [a == b for a, b in zip(kept, questions)]
             first = same.index(False) if False in same else len(same)
