@@ -648,15 +648,10 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missin
         return row
 
     primary = [compare(c) for c in PRIMARY if c.arm in by_arm and c.reference in by_arm]
-    exploratory = [
-        Comparison(arm, ref, m, scale, scale)
-        for ref in REFERENCES
-        if ref in by_arm
-        for arm in by_arm
-        if arm != ref
-        for scale in (False, True)
-        for m in METRICS
-    ]
+    pairs = [(arm, ref) for ref in REFERENCES if ref in by_arm for arm in by_arm if arm != ref]
+    if ADAPTIVE in by_arm and CONSTANT in by_arm:
+        pairs.append((ADAPTIVE, CONSTANT))  # is the adaptive weight worth anything, on every metric?
+    exploratory = [Comparison(a, ref, m, scale, scale) for a, ref in pairs for scale in (False, True) for m in METRICS]
     named = {c.name for c in PRIMARY}  # a primary comparison is bootstrapped and listed once, margin or not
     comparisons = [compare(c) for c in exploratory if c.name not in named]
     against_base = []
@@ -852,7 +847,8 @@ def markdown(result: dict, args) -> str:
     lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")
     lines.append("Against the base model:\n")
     lines += _comparison_table(result["against_base"])
-    lines.append("\nAgainst the references (raw against raw, scaled against scaled):\n")
+    refs = ", ".join(REFERENCES + [f"{CONSTANT} for {ADAPTIVE}"])
+    lines.append(f"\nAgainst the references ({refs}; raw against raw, scaled against scaled):\n")
     lines += _comparison_table(result["comparisons"])
     move = result["metrics_move"]
     lines.append(

@@ -167,6 +167,12 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         low, high = c["ci95"]
         assert c["excludes_0"] == (low > 0 or high < 0)
     assert not any(c["primary"] for c in result["comparisons"])
+    # the adaptive weight against the constant one, on every metric (exploratory; Brier is primary, listed once)
+    explored = {c["name"]: c for c in result["comparisons"]}
+    adaptive_vs_const = explored["hytuning vs hytuning_const: accuracy"]
+    by_hand = sum(acc("hytuning", s) - acc("hytuning_const", s) for s in (0, 1)) / 2
+    assert adaptive_vs_const["diff"] == pytest.approx(by_hand) and adaptive_vs_const["n_seeds"] == 2
+    assert "hytuning vs hytuning_const: auroc" in explored and "hytuning vs hytuning_const: brier" not in explored
     assert result["metrics_move"]["adaptive_rd_weight_span"] is not None
 
     # post-hoc temperature scaling, by hand: T minimises the gold option's NLL over the model's anchor answers (a
