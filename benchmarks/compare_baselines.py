@@ -417,11 +417,25 @@ def last_checkpoint(folder: str) -> str | None:
     return get_last_checkpoint(folder)
 
 
-def git_commit() -> str | None:
-    """The commit the runs were made from (the preset is meant to run from a worktree at a fixed commit)."""
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+def git_commit(cwd: str = ROOT) -> str | None:
+    """The commit of the checkout at ``cwd`` (this one by default: the preset is meant to run from a worktree at a
+    fixed commit), ``+uncommitted`` when its tree has changes; ``None`` outside a git checkout."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True).stdout.strip()
     return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
+
+
+def run_commit(run: Run) -> str:
+    """The commit ``run`` was made at: its ``DONE.json``'s. A run from before ``DONE.json`` recorded it gets the
+    commit of the checkout its training script lives in, if that checkout still exists, marked as read at analysis
+    (the worktree is meant to stay at one commit, but nothing here can prove it did); else ``"not recorded"``."""
+    done = _done(run)
+    if done.get("commit"):
+        return done["commit"]
+    script = next((c for c in done.get("command", []) if c.endswith(".py")), None)
+    checkout = os.path.dirname(script) if script else None
+    commit = git_commit(checkout) if checkout and os.path.isdir(checkout) else None
+    return f"{commit} (read from {checkout} at analysis, not recorded by the run)" if commit else "not recorded"
 
 
 def trainer_state(run: Run) -> dict:
@@ -674,7 +688,7 @@ def analyse(args, runs: list[Run], plan: dict, timing: dict, files: dict, missin
     steps = {f"{r.arm}/seed{r.seed}": trainer_state(r)["global_step"] for r in runs}
     result = {
         "commit": git_commit(),
-        "runs_commits": sorted({_done(r).get("commit") or "not recorded" for r in runs}),
+        "runs_commits": sorted({run_commit(r) for r in runs}),
         "partial": bool(missing),
         "runs_missing": missing or [],
         "gate": gate(base, by_arm.get("rd_only"), against_base),

@@ -492,3 +492,34 @@ def test_reused_evaluations_must_be_of_the_data_files_questions(tmp_path):
     write("base", eval_rows[:7])
     with pytest.raises(SystemExit, match=r"base/predictions.jsonl .*\(7 against 8, first difference at question 7\)"):
         cb.check_reused(str(out), files)
+
+
+def test_run_commit_recorded_or_read_from_the_runs_checkout(tmp_path):
+    """A run's commit is its DONE.json's; a run from before DONE.json recorded it gets the commit of the checkout its
+    training script lives in (here a git repository made for the test, its sha read back with git by hand), marked as
+    read at analysis; with that checkout gone, "not recorded"."""
+    import subprocess
+
+    repo = tmp_path / "worktree"
+    (repo / "examples").mkdir(parents=True)
+    (repo / "examples" / "train_medqa.py").write_text("print('train')\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["-C", str(repo), "add", "."], check=True)
+    subprocess.run(git + ["-C", str(repo), "commit", "-qm", "fixed"], check=True)
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    def run_with(done: dict, name: str) -> cb.Run:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "DONE.json").write_text(json.dumps(done))
+        return cb.Run("hytuning", 0, str(folder))
+
+    command = ["python", str(repo / "examples" / "train_medqa.py"), "--seed", "0"]
+    assert cb.run_commit(run_with({"command": command, "commit": "abc123"}, "recorded")) == "abc123"
+    read = cb.run_commit(run_with({"command": command}, "old"))
+    assert read == f"{sha} (read from {repo / 'examples'} at analysis, not recorded by the run)"
+    (repo / "examples" / "train_medqa.py").write_text("print('changed')\n")
+    assert cb.run_commit(run_with({"command": command}, "dirty")).startswith(f"{sha}+uncommitted (read from")
+    gone = ["python", str(tmp_path / "elsewhere" / "train_medqa.py")]
+    assert cb.run_commit(run_with({"command": gone}, "gone")) == "not recorded"
