@@ -861,7 +861,7 @@ def markdown(result: dict, args) -> str:
     lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")
     lines.append("Against the base model:\n")
     lines += _comparison_table(result["against_base"])
-    refs = ", ".join(REFERENCES + [f"{CONSTANT} for {ADAPTIVE}"])
+    refs = ", ".join(dict.fromkeys(c["reference"] for c in result["comparisons"])) or "none finished"
     lines.append(f"\nAgainst the references ({refs}; raw against raw, scaled against scaled):\n")
     lines += _comparison_table(result["comparisons"])
     move = result["metrics_move"]

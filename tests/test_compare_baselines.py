@@ -4,6 +4,7 @@ checked against the predictions files and the resume checked by rerunning it."""
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -223,7 +224,7 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     with open(os.path.join(out, "results.md")) as f:
         text = f.read()
     assert "Primary comparisons" in text and "PRG validity" in text and "Temperature-scaled" in text
-    assert "exploratory" in text
+    assert "exploratory" in text and "Against the references (rl_only, rd_only, hytuning_const;" in text
 
     # resume: finished runs are skipped; an unfinished one (no DONE.json) starts again from scratch
     folder = os.path.join(out, "runs", "rd_only", "seed1")
@@ -498,8 +499,6 @@ def test_run_commit_recorded_or_read_from_the_runs_checkout(tmp_path):
     """A run's commit is its DONE.json's; a run from before DONE.json recorded it gets the commit of the checkout its
     training script lives in (here a git repository made for the test, its sha read back with git by hand), marked as
     read at analysis; with that checkout gone, "not recorded"."""
-    import subprocess
-
     repo = tmp_path / "worktree"
     (repo / "examples").mkdir(parents=True)
     (repo / "examples" / "train_medqa.py").write_text("print('train')\n")
