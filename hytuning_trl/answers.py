@@ -39,6 +39,8 @@ from .prg import prg_score, split_steps
 __all__ = [
     "AnswerExtractor",
     "ParsedCompletion",
+    "Statement",
+    "find_statement",
     "option_letters",
     "option_texts",
     "read_answer",
@@ -92,24 +94,66 @@ def _option_by_text(segment: str, texts: dict[str, str] | None, letters: Sequenc
     return found[0] if len(found) == 1 else None
 
 
-def _segment(text: str, match: re.Match) -> str:
-    """The text from the statement's answer position to the end of its sentence."""
+def _segment(text: str, match: re.Match) -> tuple[int, int]:
+    """Where the statement's answer segment runs: from its answer position to the end of its sentence."""
     start = match.start(1) if match.re.groups and match.start(1) >= 0 else match.end()
     while start < len(text) and (text[start].isspace() or text[start] == ":"):
         start += 1
     end = _SENTENCE_END.search(text, start)
-    return text[start : end.start() if end else len(text)]
+    return start, end.start() if end else len(text)
 
 
-def _letter_in(segment: str, letters: Sequence[str]) -> str | None:
-    found = set()
+def _letter_in(segment: str, letters: Sequence[str]) -> tuple[str | None, int | None]:
+    """The one option letter the segment names and where (its last mention), or ``(None, None)``."""
+    found: dict[str, int] = {}
     for m in _LETTER.finditer(segment):
         letter = m.group(1)
         if letter == "A" and _ARTICLE.match(segment, m.end()):
             continue
         if letter in letters:
-            found.add(letter)
-    return found.pop() if len(found) == 1 else None
+            found[letter] = m.start(1)
+    return next(iter(found.items())) if len(found) == 1 else (None, None)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """Where the winning final-answer statement of a text lies (character offsets).
+
+    Attributes:
+        answer: the stated answer (an option letter, or the raw text), ``None`` when not stated.
+        start: where the statement (the match of ``answer_pattern``) starts; ``None`` without a statement.
+        end: where its answer segment ends (before the sentence's closing punctuation).
+        letter: where the option letter stands (options mode, a letter read); ``None`` otherwise.
+    """
+
+    answer: str | None
+    start: int | None
+    end: int | None = None
+    letter: int | None = None
+
+
+def find_statement(
+    text: str,
+    pattern: str | re.Pattern,
+    letters: Sequence[str] | None,
+    texts: dict[str, str] | None = None,
+) -> Statement:
+    """The winning statement of ``text`` under the contract above (:func:`read_answer`), with where it lies."""
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+    matches = list(pattern.finditer(text))
+    for match in reversed(matches):
+        seg_start, seg_end = _segment(text, match)
+        segment = text[seg_start:seg_end]
+        letter_at = None
+        if letters is not None:
+            answer, letter_at = _letter_in(segment, letters)
+            if answer is None:
+                answer = _option_by_text(segment, texts, letters)
+        else:
+            answer = segment.strip() or None
+        if answer is not None:
+            return Statement(answer, match.start(), seg_end, None if letter_at is None else seg_start + letter_at)
+    return Statement(None, matches[-1].start() if matches else None)
 
 
 def read_answer(
@@ -126,17 +170,8 @@ def read_answer(
     when not stated; ``start`` is where the winning statement starts (the last statement when none is valid,
     ``None`` when there is no statement).
     """
-    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-    matches = list(pattern.finditer(text))
-    for match in reversed(matches):
-        segment = _segment(text, match)
-        if letters is not None:
-            answer = _letter_in(segment, letters) or _option_by_text(segment, texts, letters)
-        else:
-            answer = segment.strip() or None
-        if answer is not None:
-            return answer, match.start()
-    return None, (matches[-1].start() if matches else None)
+    statement = find_statement(text, pattern, letters, texts)
+    return statement.answer, statement.start
 
 
 def whitespace_token_ids(tokenizer: Any) -> frozenset[int]:
@@ -163,11 +198,19 @@ class ParsedCompletion:
     option_ids: list[int] | None  # the options' first tokens (options mode)
     letters: list[str] | None
     spans: list[tuple[int, int]] | None  # reasoning steps; None when there is nothing to score
+    reasoning_end: int | None = None  # the reasoning is completion_ids[:reasoning_end] (statement, EOS excluded)
+    statement: tuple[int, int] | None = None  # token span [start, end) of the stated answer's statement
+    answer_position: int | None = None  # the token of the stated option letter in the completion
+    statement_option_ids: list[int] | None = None  # the options' tokens in the form that letter was written
 
     def fill(self, record: Any, aggregation: str = "monotone") -> Any:
         """Complete a scored :class:`~hytuning_trl.scoring.RolloutStats` with the text, the answer (the forced choice,
         flagged ``answer_forced``, where none was stated in options mode) and its PRG; returns the record."""
         record.text = self.text
+        record.reasoning_end = self.reasoning_end
+        record.statement = self.statement
+        record.answer_position = self.answer_position
+        record.statement_option_ids = self.statement_option_ids
         record.answer = self.answer
         record.answer_forced = False
         if record.answer_logprobs is not None:
@@ -211,7 +254,7 @@ class AnswerExtractor:
         self.answer_probability = answer_probability
         self.special_ids = {i for i in special_ids if i is not None}
         self._text_cache: dict[int, str] = {}
-        self._option_cache: dict[tuple[str, ...], list[int]] = {}
+        self._option_cache: dict[tuple[str, ...], list[int]] = {}  # (prefix, *letters)
 
     @classmethod
     def from_config(cls, tokenizer: Any, args: Any, special_ids: Sequence[int] = ()) -> AnswerExtractor:
@@ -225,11 +268,12 @@ class AnswerExtractor:
             special_ids=special_ids,
         )
 
-    def option_ids(self, letters: Sequence[str]) -> list[int]:
-        """First token of ``" " + letter`` for each option; they must differ."""
-        key = tuple(letters)
+    def option_ids(self, letters: Sequence[str], prefix: str = " ") -> list[int]:
+        """First token of ``prefix + letter`` for each option (``" B"`` after a trigger; ``prefix=""`` for a letter
+        written after a bracket or asterisks); they must differ."""
+        key = (prefix, *letters)
         if key not in self._option_cache:
-            ids = [self.tokenizer(" " + letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
+            ids = [self.tokenizer(prefix + letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
             if len(set(ids)) != len(ids):
                 raise ValueError(
                     f"The options {list(letters)} do not start with distinct tokens; PRG cannot tell them apart."
@@ -268,10 +312,16 @@ class AnswerExtractor:
         completion_ids = list(completion_ids)
         text = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
         letters = self.letters_for(options)
-        stated, start = read_answer(text, self.pattern, letters, option_texts(options) if letters else None)
+        found = find_statement(text, self.pattern, letters, option_texts(options) if letters else None)
+        stated, start = found.answer, found.start
         end = self._token_at_char(completion_ids, start) if start is not None else len(completion_ids)
         while end > 0 and completion_ids[end - 1] in self.special_ids:
             end -= 1
+        statement = answer_position = None
+        if stated is not None:
+            statement = (end, max(self._token_at_char(completion_ids, found.end - 1) + 1, end + 1))
+            if found.letter is not None and letters is not None:
+                answer_position = self._token_at_char(completion_ids, found.letter)
         answer = answer_ids = option_ids = None
         if letters is not None:
             option_ids = self.option_ids(letters)
@@ -291,4 +341,33 @@ class AnswerExtractor:
                 fallback_separator="\n" if self.step_separator == DEFAULT_STEP_SEPARATOR else None,
                 cache=self._text_cache,
             )
-        return ParsedCompletion(text, answer, answer_ids, option_ids, letters, spans)
+        statement_ids = self._statement_option_ids(completion_ids, answer_position, letters, stated)
+        return ParsedCompletion(
+            text,
+            answer,
+            answer_ids,
+            option_ids,
+            letters,
+            spans,
+            end,
+            statement,
+            answer_position if statement_ids else None,
+            statement_ids,
+        )
+
+    def _statement_option_ids(
+        self, completion_ids: list[int], position: int | None, letters: list[str] | None, stated: str | None
+    ) -> list[int] | None:
+        """The options' tokens in the form the statement wrote its letter (``" B"``, or ``"B"`` after a bracket):
+        the set whose member at the stated letter's index is the token at ``position``; ``None`` when the letter
+        shares its token with other text (``"B."``) and no form fits."""
+        if position is None or letters is None or stated is None or position >= len(completion_ids):
+            return None
+        for prefix in (" ", ""):
+            try:
+                ids = self.option_ids(letters, prefix)
+            except ValueError:
+                continue
+            if ids[letters.index(stated)] == completion_ids[position]:
+                return ids
+        return None

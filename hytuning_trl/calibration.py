@@ -23,6 +23,7 @@ __all__ = [
     "calibration_metrics",
     "expected_calibration_error",
     "fit_temperature",
+    "golden_section_minimise",
     "overconfidence_rate",
     "reliability_diagram",
     "temperature_scale",
@@ -178,6 +179,24 @@ def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
 
 
+def golden_section_minimise(f: Any, lo: float, hi: float, tol: float = 1e-7) -> float:
+    """The minimiser of a unimodal ``f`` on ``[lo, hi]`` by golden-section search (the midpoint of the last bracket,
+    narrower than ``tol``): the one-parameter fits of the post-hoc calibrations."""
+    golden = (5**0.5 - 1) / 2
+    a, b = lo + (1 - golden) * (hi - lo), lo + golden * (hi - lo)
+    fa, fb = f(a), f(b)
+    while hi - lo > tol:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - golden) * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = f(b)
+    return (lo + hi) / 2
+
+
 #: The search interval of :func:`fit_temperature` (and what :func:`temperature_at_bound` compares with by default).
 _TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
 
@@ -204,20 +223,8 @@ def fit_temperature(
         raise ValueError(f"`logits` must be (n_questions, n_options) with one label each, got {z.shape} and {len(y)}.")
     if y.min() < 0 or y.max() >= z.shape[1]:
         raise ValueError(f"`labels` must index the {z.shape[1]} options.")
-    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]  # over beta = 1 / T
-    golden = (5**0.5 - 1) / 2
-    a, b = lo + (1 - golden) * (hi - lo), lo + golden * (hi - lo)
-    fa, fb = _nll(z, y, 1 / a), _nll(z, y, 1 / b)
-    while hi - lo > tol:
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = lo + (1 - golden) * (hi - lo)
-            fa = _nll(z, y, 1 / a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + golden * (hi - lo)
-            fb = _nll(z, y, 1 / b)
-    temperature = float(2.0 / (lo + hi))
+    beta = golden_section_minimise(lambda b: _nll(z, y, 1 / b), 1.0 / bounds[1], 1.0 / bounds[0], tol)
+    temperature = float(1.0 / beta)
     if temperature_at_bound(temperature, bounds):
         why = (
             "the gold option scores highest on every question, so no finite temperature minimises the NLL and the fit "

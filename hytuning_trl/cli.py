@@ -25,7 +25,7 @@ from .constants import (
     PRG_AGGREGATIONS,
     split_options,
 )
-from .evaluation import evaluate_mcq
+from .evaluation import SamplingOutOfMemory, evaluate_mcq
 from .mcq import load_mcq
 from .prg_analysis import PRGAnalysis, analyse_prg, format_validity, load_traces, write_analysis
 from .report import format_table, write_report
@@ -61,6 +61,14 @@ class EvalArguments:
     mcq_instruction: str = field(
         default=DEFAULT_MCQ_INSTRUCTION, metadata={"help": "Instruction closing each prompt (after the options)."}
     )
+    num_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Completions sampled per question for the 'marginal' and 'consistency' estimators and maj@k "
+            "(0: the single-pass estimators only, at the cost of the greedy pass)."
+        },
+    )
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of those completions."})
 
 
 def load_model(path: str, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"):
@@ -79,6 +87,10 @@ def load_model(path: str, gguf_file: str | None = None, dtype: str = "float32", 
 
 def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Load (unless given), evaluate, write the report and print the table; returns the written paths and metrics."""
+    if args.num_samples < 0:
+        raise ValueError(f"--num_samples must be >= 0, got {args.num_samples}.")
+    if args.num_samples and not args.sample_temperature > 0:
+        raise ValueError(f"--sample_temperature must be > 0 to sample, got {args.sample_temperature}.")
     questions = load_mcq(args.dataset_name, args.dataset_split, args.max_samples)  # bad data fails before loading
     if model is None or tokenizer is None:
         model, tokenizer = load_model(args.model_name_or_path, args.gguf_file, args.dtype, args.device)
@@ -93,6 +105,8 @@ def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None
         n_bins=args.n_bins,
         use_chat_template=args.use_chat_template,
         instruction=args.mcq_instruction,
+        num_samples=args.num_samples,
+        sample_temperature=args.sample_temperature,
     )
     paths = write_report(
         result, args.output_dir, title=os.path.basename(os.path.normpath(args.model_name_or_path)), extra=asdict(args)
@@ -109,7 +123,7 @@ def _command(name: str, arguments: type, run: Callable[[Any], Any], argv: list[s
     (args,) = TrlParser(arguments).parse_args_and_config(args=argv if argv is not None else sys.argv[1:])
     try:
         run(args)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, SamplingOutOfMemory) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     return 0

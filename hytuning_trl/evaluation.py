@@ -19,8 +19,16 @@ import torch
 from transformers import TrainerCallback
 
 from .answers import AnswerExtractor, whitespace_token_ids
-from .calibration import calibration_metrics, fit_temperature, temperature_scale
+from .calibration import calibration_metrics
 from .constants import DEFAULT_ANSWER_PATTERN, DEFAULT_ANSWER_TRIGGER, DEFAULT_STEP_SEPARATOR
+from .estimators import (
+    ESTIMATORS,
+    estimator_confidences,
+    fit_records_temperature,
+    majority_vote,
+    marginal,
+    temperature_scaled_records,
+)
 from .mcq import MCQ_INSTRUCTION, load_mcq, render_prompts
 from .scoring import score_rollouts
 from .sharding import gather_in_order, shard_indices
@@ -28,6 +36,7 @@ from .sharding import gather_in_order, shard_indices
 __all__ = [
     "CalibrationEvalCallback",
     "MCQEvaluation",
+    "SamplingOutOfMemory",
     "evaluate_mcq",
     "fit_records_temperature",
     "summarise",
@@ -47,6 +56,24 @@ class MCQEvaluation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids, attention_mask
+
+
+class SamplingOutOfMemory(RuntimeError):
+    """The ``k`` samples of a batch did not fit in memory (the message names ``--batch_size``)."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 @torch.no_grad()
 def evaluate_mcq(
     model: Any,
@@ -64,29 +91,41 @@ def evaluate_mcq(
     generate_model: Any = None,
     sync_num_batches: Callable[[int], int] | None = None,
     instruction: str | None = None,
+    num_samples: int = 0,
+    sample_temperature: float = 1.0,
 ) -> MCQEvaluation:
-    """Answer every question greedily and measure how well the confidence tracks correctness.
+    """Answer every question greedily and measure how well each confidence estimator tracks correctness.
 
     Args:
         model: the model to score with (and to generate with, unless ``generate_model`` is given).
         tokenizer: its tokenizer (the chat template is used when it has one, unless ``use_chat_template=False``).
         questions: normalised questions (:func:`load_mcq`).
-        batch_size, max_new_tokens: generation settings.
+        batch_size, max_new_tokens: generation settings (a batch of ``batch_size`` questions also samples its
+            ``batch_size * num_samples`` completions in one ``generate`` call).
         answer_trigger, answer_pattern, step_separator: as in :class:`HyTuningConfig`.
         n_bins: bins of the ECE.
-        progress: show a progress bar.
+        progress: show progress bars (questions, and samples when ``num_samples > 0``).
         generate_model: an unwrapped model for ``generate`` (e.g. under ZeRO-3, gathered).
         sync_num_batches: passed to the scoring pass (ZeRO-3).
         instruction: the instruction closing each prompt (default :data:`~hytuning_trl.mcq.MCQ_INSTRUCTION`).
+        num_samples: ``k``, completions sampled per question for the ``marginal`` and ``consistency`` estimators and
+            maj@k; 0 (default) computes the single-pass estimators only, at the cost of the greedy pass alone.
+        sample_temperature: the sampling temperature of those completions.
 
     Returns:
-        :class:`MCQEvaluation` with one record per question (``chosen``, ``gold``, ``correct``, ``confidence``,
-        ``stated``, ``prg``, ``num_steps``, ``completion``, ``option_letters`` and ``option_logprobs``: the
-        option-renormalised log-probabilities after the reasoning, for post-hoc calibration) and
-        :func:`calibration_metrics` plus ``stated_rate``, ``mean_prg`` and ``mean_steps``.
+        :class:`MCQEvaluation` with one record per question (``chosen``, ``gold``, ``correct``, ``confidence`` (the
+        ``after_reasoning`` estimator), ``estimators`` (every estimator's confidence in the greedy answer),
+        ``stated``, ``prg``, ``gain``, ``num_steps``, ``completion``, ``option_letters``, ``option_logprobs`` (after
+        the reasoning, for temperature scaling), ``reasoning_logprobs`` (the reasoning tokens' log-probabilities) and,
+        with samples, ``samples`` (each sample's ``answer``, ``stated`` and ``option_logprobs``) and ``majority``) and
+        the metrics of :func:`summarise`.
     """
     from tqdm.auto import tqdm
 
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
+    if num_samples and not sample_temperature > 0:
+        raise ValueError(f"sample_temperature must be > 0 to sample, got {sample_temperature}.")
     questions = list(questions)
     gen_model = generate_model if generate_model is not None else model
     extractor = AnswerExtractor(
@@ -104,66 +143,106 @@ def evaluate_mcq(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = getattr(gen_model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
     eos_set = set(eos if isinstance(eos, list) else [eos])
-    records = []
-    was_training = gen_model.training
-    gen_model.eval()
-    bar = tqdm(total=len(questions), desc="Evaluating", unit="question", disable=not progress)
-    try:
-        for start in range(0, len(questions), batch_size):
-            batch_q = questions[start : start + batch_size]
-            batch_p = prompts[start : start + batch_size]
-            width = max(map(len, batch_p))
-            input_ids = torch.full((len(batch_p), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch_p), width), dtype=torch.long)
-            for i, p in enumerate(batch_p):
-                input_ids[i, width - len(p) :] = torch.tensor(p)
-                attention_mask[i, width - len(p) :] = 1
+
+    def generate(batch_p: list[list[int]], sample: bool) -> list[list[int]]:
+        input_ids, attention_mask = _left_padded(batch_p, pad)
+        kwargs = {"do_sample": False}
+        if sample:
+            kwargs = {"do_sample": True, "temperature": sample_temperature, "top_p": 1.0, "top_k": 0}
+            kwargs["num_return_sequences"] = num_samples
+        try:
             out = gen_model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 pad_token_id=pad,
+                **kwargs,
             )
-            completions = []
-            for row in out[:, width:].tolist():
-                cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
-                completions.append(row[:cut])
-            parsed = [extractor.parse(c, q["options"]) for c, q in zip(completions, batch_q)]
-            stats = score_rollouts(
-                model,
-                batch_p,
-                completions,
-                step_spans=[p.spans for p in parsed],
-                trigger_ids=trigger_ids,
-                answer_ids=[p.answer_ids for p in parsed],
-                option_ids=[p.option_ids for p in parsed],
-                compute_stats=False,
-                pad_token_id=pad,
-                sync_num_batches=sync_num_batches,
-                whitespace_ids=whitespace,
-            )
-            for q, p, s in zip(batch_q, parsed, stats):
-                p.fill(s)
-                chosen = s.answer
-                records.append(
-                    {
-                        "question": q["question"],
-                        "gold": q["answer_idx"],
-                        "chosen": chosen,
-                        "stated": not s.answer_forced,
-                        "correct": chosen == q["answer_idx"],
-                        "confidence": float(min(max(s.answer_confidence, 0.0), 1.0)),
-                        "prg": s.prg,
-                        "num_steps": s.num_steps,
-                        "completion": p.text,
-                        "option_letters": p.letters,
-                        "option_logprobs": s.option_logprobs[-1] if s.option_logprobs else None,
-                    }
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not (sample and _out_of_memory(exc)):
+                raise
+            raise SamplingOutOfMemory(
+                f"Sampling {num_samples} completions for each of {len(batch_p)} questions at once "
+                f"({num_samples * len(batch_p)} sequences) ran out of memory: lower --batch_size (now {batch_size}) "
+                f"or --num_samples."
+            ) from exc
+        completions = []
+        for row in out[:, input_ids.size(1) :].tolist():
+            cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
+            completions.append(row[:cut])
+        return completions
+
+    def score(batch_q, batch_p, completions, stats: bool):
+        parsed = [extractor.parse(c, q["options"]) for c, q in zip(completions, batch_q)]
+        scored = score_rollouts(
+            model,
+            batch_p,
+            completions,
+            step_spans=[p.spans for p in parsed],
+            trigger_ids=trigger_ids,
+            answer_ids=[p.answer_ids for p in parsed],
+            option_ids=[p.option_ids for p in parsed],
+            compute_stats=stats,
+            pad_token_id=pad,
+            sync_num_batches=sync_num_batches,
+            whitespace_ids=whitespace,
+        )
+        return parsed, [p.fill(s) for p, s in zip(parsed, scored)]
+
+    records = []
+    was_training = gen_model.training
+    gen_model.eval()
+    bar = tqdm(total=len(questions), desc="Evaluating", unit="question", disable=not progress)
+    sample_bar = tqdm(
+        total=len(questions) * num_samples, desc="Sampling", unit="sample", disable=not progress or not num_samples
+    )
+    try:
+        for start in range(0, len(questions), batch_size):
+            batch_q = questions[start : start + batch_size]
+            batch_p = prompts[start : start + batch_size]
+            parsed, stats = score(batch_q, batch_p, generate(batch_p, sample=False), stats=True)
+            samples: list[list[dict]] = [[] for _ in batch_q]
+            if num_samples:
+                repeat = lambda xs: [x for x in xs for _ in range(num_samples)]  # noqa: E731
+                sampled_parsed, sampled = score(
+                    repeat(batch_q), repeat(batch_p), generate(batch_p, sample=True), stats=False
                 )
+                for j, (sp, s) in enumerate(zip(sampled_parsed, sampled)):
+                    samples[j // num_samples].append(
+                        {
+                            "answer": s.answer,
+                            "stated": not s.answer_forced and s.answer is not None,
+                            "option_letters": sp.letters,
+                            "option_logprobs": s.option_logprobs[-1] if s.option_logprobs else None,
+                        }
+                    )
+                sample_bar.update(len(sampled))
+            for q, p, s, own in zip(batch_q, parsed, stats, samples):
+                record = {
+                    "question": q["question"],
+                    "gold": q["answer_idx"],
+                    "chosen": s.answer,
+                    "stated": not s.answer_forced,
+                    "correct": s.answer == q["answer_idx"],
+                    "confidence": float(min(max(s.answer_confidence, 0.0), 1.0)),
+                    "prg": s.prg,
+                    "gain": s.gain,
+                    "num_steps": s.num_steps,
+                    "completion": p.text,
+                    "option_letters": p.letters,
+                    "option_logprobs": s.option_logprobs[-1] if s.option_logprobs else None,
+                    "reasoning_logprobs": [round(x, 6) for x in s.reasoning_logprobs or []],
+                }
+                if own:
+                    record["samples"] = own
+                    weights = [marginal([x], x["answer"]) for x in own]
+                    record["majority"] = majority_vote([x["answer"] for x in own], weights)
+                record["estimators"] = estimator_confidences(record)
+                records.append(record)
             bar.update(len(batch_q))
     finally:
         bar.close()
+        sample_bar.close()
         gen_model.train(was_training)
     metrics = summarise(records, n_bins)
     settings = {
@@ -174,15 +253,20 @@ def evaluate_mcq(
         "n_bins": n_bins,
         "decoding": "greedy",
         "instruction": MCQ_INSTRUCTION if instruction is None else instruction,
+        "num_samples": num_samples,
+        "sample_temperature": sample_temperature,
     }
     return MCQEvaluation(records=records, metrics=metrics, settings=settings)
 
 
 def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
-    """:func:`calibration_metrics` over all questions (forced answers included: the headline figures), the share of
-    stated answers, the mean PRG, the mean number of reasoning steps, and the same metrics over the stated answers
-    alone (``stated_only``, ``None`` when no answer was stated)."""
-    metrics = calibration_metrics([r["confidence"] for r in records], [r["correct"] for r in records], n_bins)
+    """:func:`calibration_metrics` over all questions of the ``after_reasoning`` confidence (forced answers included:
+    the headline figures), the share of stated answers, the mean PRG, the mean number of reasoning steps, the same
+    metrics over the stated answers alone (``stated_only``, ``None`` when no answer was stated), and ``estimators``:
+    the metrics of every estimator the records carry (accuracy is the greedy answer's throughout), with
+    ``maj_at_k`` and ``num_samples`` when they carry samples."""
+    correct = [r["correct"] for r in records]
+    metrics = calibration_metrics([r["confidence"] for r in records], correct, n_bins)
     metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
     metrics["mean_prg"] = sum(r["prg"] for r in records) / len(records)
     if all("num_steps" in r for r in records):  # records written before 0.3.0 lack it
@@ -193,66 +277,24 @@ def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
         if stated
         else None
     )
+    if all("reasoning_logprobs" in r for r in records):  # records written before 0.4.0 lack it
+        per_record = [estimator_confidences(r) for r in records]
+        metrics["estimators"] = {
+            name: calibration_metrics([c[name] for c in per_record], correct, n_bins)
+            for name in ESTIMATORS
+            if all(name in c for c in per_record)
+        }
+        if all(r.get("samples") for r in records):
+            metrics["num_samples"] = len(records[0]["samples"])
+            metrics["maj_at_k"] = sum(r["majority"] == r["gold"] for r in records) / len(records)
     return metrics
-
-
-def _option_rows(records: Sequence[dict], what: str) -> tuple[list[list[float]], list[list[str]]]:
-    logprobs, letters = [], []
-    for i, r in enumerate(records):
-        if r.get("option_logprobs") is None or r.get("option_letters") is None:
-            raise ValueError(
-                f"{what}: record {i} has no 'option_logprobs' / 'option_letters' (predictions.jsonl written before "
-                "0.3.0, or a question whose options could not be scored); evaluate again with `hytuning-eval`."
-            )
-        logprobs.append([float(x) for x in r["option_logprobs"]])
-        letters.append(list(r["option_letters"]))
-    return logprobs, letters
-
-
-def _padded(rows: list[list[float]]) -> Any:
-    """Rows of option scores as one array, questions with fewer options padded with -inf (probability 0)."""
-    import numpy as np
-
-    out = np.full((len(rows), max(map(len, rows))), -np.inf)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
-
-
-def fit_records_temperature(records: Sequence[dict]) -> float:
-    """Post-hoc temperature scaling fitted on evaluated, labelled questions (``predictions.jsonl`` records): the
-    temperature ``T`` minimising the mean NLL of the gold option under ``softmax(option_logprobs / T)``
-    (:func:`~hytuning_trl.calibration.fit_temperature`). No second generation: the option log-probabilities after
-    the model's own reasoning are in the records."""
-    if not records:
-        raise ValueError("fit_records_temperature needs at least one evaluated question.")
-    logprobs, letters = _option_rows(records, "fit_records_temperature")
-    labels = []
-    for i, (r, row) in enumerate(zip(records, letters)):
-        if r["gold"] not in row:
-            raise ValueError(f"fit_records_temperature: record {i}'s gold {r['gold']!r} is not among its {row}.")
-        labels.append(row.index(r["gold"]))
-    return fit_temperature(_padded(logprobs), labels)
-
-
-def temperature_scaled_records(records: Sequence[dict], temperature: float) -> list[dict]:
-    """The records with ``confidence`` = the chosen option's probability under ``softmax(option_logprobs / T)``
-    (answers and correctness unchanged: one temperature does not reorder the options), the raw one kept as
-    ``confidence_raw``."""
-    logprobs, letters = _option_rows(records, "temperature_scaled_records")
-    probs = temperature_scale(_padded(logprobs), temperature)
-    out = []
-    for i, (r, row, p) in enumerate(zip(records, letters, probs)):
-        if r["chosen"] not in row:
-            raise ValueError(f"temperature_scaled_records: record {i}'s answer {r['chosen']!r} is not among {row}.")
-        confidence = float(p[row.index(r["chosen"])])
-        out.append({**r, "confidence": confidence, "confidence_raw": r["confidence"], "temperature": temperature})
-    return out
 
 
 class CalibrationEvalCallback(TrainerCallback):
     """Runs :func:`evaluate_mcq` on a held-out set every ``eval_steps`` (default: the config's ``eval_steps``, else
-    ``logging_steps``) and logs ``eval_calibration/*`` next to the training metrics. GRPOTrainer has no
+    ``logging_steps``) and logs ``eval_calibration/*`` next to the training metrics: the headline figures of the
+    ``after_reasoning`` confidence, and every estimator's as ``eval_calibration/<estimator>/<metric>`` (pass
+    ``num_samples=k`` for the sampled ones and ``maj_at_k``). GRPOTrainer has no
     ``compute_metrics`` (TRL #2959), so this is the way to watch calibration during training.
 
     :class:`HyTuningTrainer` binds it itself; with a plain ``GRPOTrainer`` call ``callback.bind(trainer)``. The
@@ -284,7 +326,10 @@ class CalibrationEvalCallback(TrainerCallback):
         metrics = self.evaluate()
         metrics["seconds"] = time.perf_counter() - start  # what the probe costs, to budget runs by
         self.history.append({"step": state.global_step, **metrics})
-        for key, value in metrics.items():
+        flat = {**metrics}
+        for name, block in (metrics.get("estimators") or {}).items():
+            flat.update({f"{name}/{key}": value for key, value in block.items() if key not in ("n", "accuracy")})
+        for key, value in flat.items():
             if isinstance(value, (int, float)) and value is not None:
                 self.trainer._metrics["train"][f"eval_calibration/{key}"].append(float(value))
 

@@ -39,6 +39,7 @@ __all__ = [
     "RowResult",
     "build_naive_rows",
     "build_packed_row",
+    "finish_logits",
     "get_backbone_and_head",
     "lm_head_scaling",
     "run_rows",
@@ -54,6 +55,8 @@ class Row:
         position_ids: position id of each token (``None``: ``0..len-1``).
         groups: group id of each token for the packed mask (``None``: plain causal row).
         stat_positions: positions whose distribution yields self-certainty and entropy.
+        stat_targets: the token each stat position predicts (the completion's own next token), scored as
+            ``log p(target)``; empty: not scored.
         answer_queries: ``(position, target_id)`` pairs scored as ``log p(target)``.
         option_positions: positions at which the logits of the option tokens are read.
     """
@@ -62,6 +65,7 @@ class Row:
     position_ids: list[int] | None = None
     groups: list[int] | None = None
     stat_positions: list[int] = field(default_factory=list)
+    stat_targets: list[int] = field(default_factory=list)
     answer_queries: list[tuple[int, int]] = field(default_factory=list)
     option_positions: list[int] = field(default_factory=list)
     option_ids: list[int] | None = None
@@ -75,6 +79,7 @@ class RowResult:
     entropy: torch.Tensor  # (len(stat_positions),)
     answer_logprobs: torch.Tensor  # (len(answer_queries),)
     option_logits: torch.Tensor  # (len(option_positions), n_options)
+    token_logprobs: torch.Tensor | None = None  # (len(stat_positions),): log p(stat target), nan where none
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -154,6 +159,15 @@ def lm_head_scaling(config: Any) -> tuple[float, float | None]:
     return (1.0 if scale is None else float(scale)), (float(softcap) if softcap else None)
 
 
+def finish_logits(logits: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+    """The head's scaling and soft-capping (:func:`lm_head_scaling`) applied to raw ``h W^T + b`` logits."""
+    if logit_scale != 1.0:
+        logits = logits * logit_scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
 @dataclass
 class _Head:
     """The LM head as the projection uses it: weight (possibly low precision), bias, scale and softcap."""
@@ -168,11 +182,7 @@ class _Head:
         return self.weight.size(0)
 
     def _finish(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return finish_logits(logits, self.logit_scale, self.softcap)
 
     def project(self, hidden32: torch.Tensor, v0: int, v1: int, weight32: torch.Tensor) -> torch.Tensor:
         """fp32 logits of ``hidden32`` rows over the vocabulary slice ``[v0, v1)`` (``weight32``: that slice, fp32)."""
@@ -344,8 +354,9 @@ def _score_batch(
     row_idx, pos_idx, targets = [], [], []
     opt_row, opt_pos = [], []
     for i, r in enumerate(batch_rows):
-        for p in r.stat_positions:
-            row_idx.append(i), pos_idx.append(p), targets.append(-1)
+        stat_targets = r.stat_targets or [-1] * len(r.stat_positions)
+        for p, t in zip(r.stat_positions, stat_targets):
+            row_idx.append(i), pos_idx.append(p), targets.append(t)
         for p, t in r.answer_queries:
             row_idx.append(i), pos_idx.append(p), targets.append(t)
         for p in r.option_positions:
@@ -369,7 +380,7 @@ def _score_batch(
         lse = red.logsumexp()
         sc = (lse - red.u / vocab - math.log(vocab)).cpu()
         ent = (lse - red.t).cpu()
-        lp = (red.target - lse).cpu()
+        lp = torch.where(target_t >= 0, red.target - lse, torch.nan).cpu()
     else:
         sc = ent = lp = torch.zeros(0)
     option_logits: list[torch.Tensor] = []
@@ -385,6 +396,7 @@ def _score_batch(
             entropy=ent[cursor : cursor + n_stat],
             answer_logprobs=lp[cursor + n_stat : cursor + n_stat + n_ans],
             option_logits=torch.stack(opts) if opts else torch.zeros(0, len(r.option_ids or [])),
+            token_logprobs=lp[cursor : cursor + n_stat],
         )
         cursor += n_stat + n_ans
         opt_cursor += n_opt
@@ -404,7 +416,7 @@ def build_packed_row(
     ``cuts`` index the main path ``prompt + completion`` (``None``: no trajectory); each is at least 1 and they do
     not decrease. In raw mode (``answer`` given) the branch is ``branch + answer`` and each answer token is queried;
     in options mode the logits of ``option_ids`` are read where the branch ends. ``with_stats`` adds the completion's
-    self-certainty and entropy queries and keeps the main path to its end.
+    self-certainty, entropy and token log-probability queries and keeps the main path to its end.
     """
     if not prompt:
         raise ValueError("Every sample needs a non-empty prompt: its last token predicts the first completion token.")
@@ -429,6 +441,7 @@ def build_packed_row(
     if with_stats:
         n_prompt = len(prompt)
         row.stat_positions = [main_order[n_prompt - 1 + t] for t in range(len(completion))]
+        row.stat_targets = list(completion)
     return row
 
 
@@ -480,6 +493,7 @@ def build_naive_rows(
             Row(
                 input_ids=list(prompt) + list(completion),
                 stat_positions=[n_prompt - 1 + t for t in range(len(completion))],
+                stat_targets=list(completion),
             )
         )
     return rows

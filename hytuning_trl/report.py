@@ -1,5 +1,6 @@
-"""Reports of a multiple-choice evaluation: ``calibration.json``, ``predictions.jsonl``, ``reliability.png`` and the
-printed table (over all questions, forced answers included, and over the stated answers alone)."""
+"""Reports of a multiple-choice evaluation: ``calibration.json``, ``predictions.jsonl``, ``reliability.png`` (the
+``after_reasoning`` confidence), one ``reliability_<estimator>.png`` per estimator, and the printed tables (over all
+questions, forced answers included, and over the stated answers alone; then every estimator side by side)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from typing import Any
 
 from .calibration import calibration_bins, reliability_diagram
+from .estimators import ESTIMATORS, estimator_confidences
 from .evaluation import MCQEvaluation
 
 __all__ = ["format_table", "write_report"]
@@ -36,13 +38,25 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
     for name, key in rows:
         other = show(stated.get(key)) if key in stated else ""
         lines.append(f"  {name:<28}{show(metrics.get(key)):>10}{other:>14}")
+    estimators = metrics.get("estimators") or {}
+    if estimators:
+        names = [n for n in ESTIMATORS if n in estimators]
+        lines.append("")
+        heading = "  Confidence of the greedy answer, by estimator (docs/method.md)"
+        if "maj_at_k" in metrics:
+            heading += f"; maj@{metrics['num_samples']} accuracy {metrics['maj_at_k']:.4f}"
+        lines.append(heading)
+        lines.append(f"  {'':<22}" + "".join(f"{n:>22}" for n in names))
+        for name, key in rows[2:8]:
+            lines.append(f"  {name[:22]:<22}" + "".join(f"{show(estimators[n].get(key)):>22}" for n in names))
     return "\n".join(lines)
 
 
 def write_report(
     evaluation: MCQEvaluation, output_dir: str | os.PathLike, title: str | None = None, extra: dict | None = None
 ) -> dict[str, str]:
-    """Write ``calibration.json`` (metrics, n, settings, bins), ``predictions.jsonl`` and ``reliability.png``."""
+    """Write ``calibration.json`` (metrics, n, settings, bins), ``predictions.jsonl``, ``reliability.png`` and one
+    ``reliability_<estimator>.png`` per estimator the metrics carry."""
     os.makedirs(output_dir, exist_ok=True)
     conf = [r["confidence"] for r in evaluation.records]
     correct = [r["correct"] for r in evaluation.records]
@@ -64,4 +78,9 @@ def write_report(
         for r in evaluation.records:
             f.write(json.dumps(r) + "\n")
     reliability_diagram(conf, correct, paths["reliability"], n_bins=n_bins, title=title)
+    for name in evaluation.metrics.get("estimators") or {}:
+        path = os.path.join(output_dir, f"reliability_{name}.png")
+        scores = [estimator_confidences(r)[name] for r in evaluation.records]
+        reliability_diagram(scores, correct, path, n_bins=n_bins, title=f"{title or 'Reliability'}: {name}")
+        paths[f"reliability_{name}"] = path
     return paths

@@ -22,7 +22,9 @@ import math
 from collections import Counter
 from typing import Any
 
+from .estimators import group_shares, prg_gated
 from .scoring import RolloutStats
+from .sharding import gather_objects
 
 __all__ = [
     "AgreementBrierReward",
@@ -43,18 +45,6 @@ def _finite_or_none(value: float | None) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _gather_objects(local: list[Any]) -> tuple[list[Any], int]:
-    """All processes' lists, concatenated in rank order, and where this process's part starts."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(local), 0
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, list(local))
-    offset = sum(len(p) for p in parts[: dist.get_rank()])
-    return [x for p in parts for x in p], offset
 
 
 class InternalFeedbackReward:
@@ -89,7 +79,7 @@ class InternalFeedbackReward:
         if not self.group_wise:
             return [_finite_or_none(self.score(s)) for s in hytuning_stats]
         group_size = hytuning_num_generations[0] if hytuning_num_generations else len(hytuning_stats)
-        everyone, offset = _gather_objects(hytuning_stats)
+        everyone, offset = gather_objects(hytuning_stats)
         if len(everyone) % group_size:
             raise ValueError(f"{len(everyone)} completions do not split into groups of {group_size}.")
         scores: list[float | None] = []
@@ -232,7 +222,7 @@ class PRGGatedConfidenceReward(AnswerReward):
         confidence, gain = stats.answer_confidence, stats.gain
         if not self._usable(stats) or confidence is None or gain is None:
             return None
-        return confidence * min(max(gain, 0.0), 1.0)
+        return prg_gated(confidence, gain)
 
 
 def normalise_answer(answer: str) -> str:
@@ -294,16 +284,9 @@ class AgreementBrierReward(AnswerReward):
     group_wise = True
 
     def score_group(self, group: list[RolloutStats]) -> list[float | None]:
-        answers = [normalise_answer(s.answer) if self._usable(s) else None for s in group]
-        stated = [a for a in answers if a is not None]
-        if len(stated) < 2:
-            return [None] * len(group)
-        counts = Counter(stated)
+        shares = group_shares([normalise_answer(s.answer) if self._usable(s) else None for s in group])
         out: list[float | None] = []
-        for a, s in zip(answers, group):
+        for share, s in zip(shares, group):
             confidence = s.answer_confidence
-            if a is None or confidence is None:
-                out.append(None)
-            else:
-                out.append(-((confidence - counts[a] / len(stated)) ** 2))
+            out.append(None if share is None or confidence is None else -((confidence - share) ** 2))
         return out

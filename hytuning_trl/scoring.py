@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .constants import DEFAULT_VOCAB_CHUNK_ELEMS
+from .estimators import prg_gated, reasoning_likelihood, weakest_token
 from .packing import Row, build_naive_rows, build_packed_row, get_backbone_and_head, run_rows, unwrap_model
 from .prg import normalised_gain
 
@@ -50,6 +51,15 @@ class RolloutStats:
         answer_num_tokens: the number of answer tokens scored (1 in multiple-choice mode).
         completion_ids: the completion's token ids.
         text: the completion's text.
+        token_logprobs: ``log p(y_t | x, y_<t)`` of each completion token under the untempered policy (``None`` when
+            the pass ran without ``compute_stats``).
+        reasoning_end: the reasoning is ``completion_ids[:reasoning_end]`` (the answer statement and EOS excluded;
+            filled in from the answer contract).
+        statement: the token span ``[start, end)`` of the stated answer's statement in the completion (``None`` when
+            nothing was stated).
+        answer_position: the completion token that states the option letter (``None`` without one).
+        statement_option_ids: the options' tokens in the form the statement wrote its letter (``" B"`` or ``"B"``):
+            the policy's probability of its stated answer at ``answer_position`` is renormalised over them.
     """
 
     self_certainty: float = math.nan
@@ -64,6 +74,11 @@ class RolloutStats:
     answer_num_tokens: int = 1
     completion_ids: list[int] = field(default_factory=list)
     text: str = ""
+    token_logprobs: list[float] | None = None
+    reasoning_end: int | None = None
+    statement: tuple[int, int] | None = None
+    answer_position: int | None = None
+    statement_option_ids: list[int] | None = None
 
     @property
     def has_prg(self) -> bool:
@@ -81,6 +96,43 @@ class RolloutStats:
         if not self.answer_logprobs:
             return None
         return math.exp(self.answer_logprobs[-1])
+
+    def statement_mask(self, length: int) -> list[int]:
+        """0 on the stated answer's statement tokens (trigger and answer, as read), 1 elsewhere, over ``length``."""
+        mask = [1] * length
+        if self.statement is not None:
+            for t in range(self.statement[0], min(self.statement[1], length)):
+                mask[t] = 0
+        return mask
+
+    @property
+    def reasoning_logprobs(self) -> list[float] | None:
+        """The log-probabilities of the reasoning's own tokens (the answer statement excluded); ``None`` without
+        token statistics."""
+        if self.token_logprobs is None:
+            return None
+        end = len(self.token_logprobs) if self.reasoning_end is None else self.reasoning_end
+        return self.token_logprobs[:end]
+
+    @property
+    def weakest_token(self) -> float | None:
+        """The lowest probability the policy gave a token of its own reasoning
+        (:func:`hytuning_trl.estimators.weakest_token`)."""
+        lps = self.reasoning_logprobs
+        return None if lps is None else weakest_token(lps)
+
+    @property
+    def reasoning_likelihood(self) -> float | None:
+        """The geometric mean of the reasoning tokens' probabilities
+        (:func:`hytuning_trl.estimators.reasoning_likelihood`)."""
+        lps = self.reasoning_logprobs
+        return None if lps is None else reasoning_likelihood(lps)
+
+    @property
+    def prg_gated_confidence(self) -> float | None:
+        """``p_K * clip(G, 0, 1)`` (:func:`hytuning_trl.estimators.prg_gated`)."""
+        confidence, gain = self.answer_confidence, self.gain
+        return None if confidence is None or gain is None else prg_gated(confidence, gain)
 
     @property
     def endpoint_probabilities(self) -> tuple[float, float] | None:
@@ -274,7 +326,8 @@ def score_rollouts(
         option_ids: the option letters' first token ids, shared or per sample. When given, ``lp_k`` is the option-
             renormalised log-probability of the answer's option: ``log softmax(z_options)[answer]``.
         prompt_mask, completion_mask: masks of padded tensor inputs (padding on either side).
-        compute_stats: also compute self-certainty and entropy over every completion token.
+        compute_stats: also compute self-certainty, entropy and each token's log-probability over every completion
+            token.
         method: ``"packed"`` (one forward per row batch), ``"naive"`` (K+1 forwards), or ``"auto"`` (packed where
             the model takes the 4D mask, checked once).
         token_budget: padded tokens per forward; longer inputs are split over several forwards.
@@ -286,7 +339,8 @@ def score_rollouts(
             own context followed by the trigger.
 
     Returns:
-        One :class:`RolloutStats` per sample with ``self_certainty``, ``entropy``, ``answer_logprobs`` (``None``
+        One :class:`RolloutStats` per sample with ``self_certainty``, ``entropy``, ``token_logprobs`` (with
+        ``compute_stats``), ``answer_logprobs`` (``None``
         without a trajectory), ``num_steps`` and, in options mode, ``option_logprobs`` and ``answer_index``.
     """
     prompts = to_id_lists(prompt_ids, prompt_mask)
@@ -331,6 +385,7 @@ def score_rollouts(
             stat_res = res[0] if packed else res[-1]
             stats.self_certainty = stat_res.self_certainty.mean().item()
             stats.entropy = stat_res.entropy.mean().item()
+            stats.token_logprobs = stat_res.token_logprobs.double().tolist()
         if cuts is not None:
             traj_res = res[:1] if packed else res[: len(cuts)]
             if opt is not None:

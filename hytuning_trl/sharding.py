@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["gather_in_order", "shard_indices"]
+__all__ = ["gather_in_order", "gather_objects", "shard_indices"]
 
 
 def shard_indices(n: int, rank: int, world: int) -> tuple[list[int], list[bool]]:
@@ -31,3 +31,16 @@ def gather_in_order(indices: Sequence[int], results: Sequence[Any], real: Sequen
     tagged = gather_object([(i, r) for i, r, keep in zip(indices, results, real) if keep])
     by_index = dict(tagged)
     return [by_index[i] for i in sorted(by_index)]
+
+
+def gather_objects(local: list[Any]) -> tuple[list[Any], int]:
+    """All processes' lists, concatenated in rank order, and where this process's part starts (the gathered order
+    TRL's group statistics use: a group is a consecutive block of it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(local), 0
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(local))
+    offset = sum(len(p) for p in parts[: dist.get_rank()])
+    return [x for p in parts for x in p], offset
