@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from trl import GRPOConfig
 from .constants import (
     ANCHOR_SIGNALS,
     ANSWER_PROBABILITIES,
+    CALIBRATION_TARGETS,
     DEFAULT_ANSWER_PATTERN,
     DEFAULT_ANSWER_TRIGGER,
     DEFAULT_MCQ_INSTRUCTION,
@@ -125,6 +127,22 @@ class HyTuningConfig(GRPOConfig):
             Final RD weight of mixing='chord'.
         chord_mu_warmup_ratio (`float`, *optional*, defaults to `0.1`):
             Fraction of the training steps of mixing='chord' spent warming up to the peak.
+
+        > Confidence that follows the reasoning
+
+        answer_blind_rl (`bool`, *optional*, defaults to `False`):
+            Take the answer statement's tokens (the trigger and the answer, as the answer contract reads them) out of
+            the policy-gradient loss (and its KL and entropy terms), so that RL shapes the reasoning and the answer's
+            probability is learned only from what supports it (the RD traces, the calibration loss). Loss types that
+            normalise by token counts count the remaining tokens.
+        calibration_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the label-free calibration loss: for each rollout that states an answer,
+            (p(a_i | x, r_i) - t_i)^2, p the policy's option-renormalised probability of its own stated answer at the
+            statement (read from the GRPO forward: no second forward), t_i a target held constant. 0: off.
+        calibration_target (`str`, *optional*, defaults to `'share'`):
+            t_i of the calibration loss: 'share' (the share of the group's stated answers equal to a_i; groups with at
+            least two stated answers) or 'weakest_token' (the rollout's own weakest reasoning token probability under
+            the policy that sampled it).
 
         > Scoring pass
 
@@ -300,6 +318,31 @@ class HyTuningConfig(GRPOConfig):
         default=0.1,
         metadata={"help": "Fraction of the training steps of mixing='chord' spent warming up to the peak."},
     )
+    # Confidence that follows the reasoning
+    answer_blind_rl: bool = field(
+        default=False,
+        metadata={
+            "help": "Take the answer statement's tokens (trigger and answer, as the answer contract reads them) out "
+            "of the policy-gradient loss, so that RL shapes the reasoning and the answer's probability is learned "
+            "only from what supports it. Loss types that normalise by token counts count the remaining tokens."
+        },
+    )
+    calibration_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the label-free calibration loss (p(a_i | x, r_i) - t_i)^2 over rollouts that state an "
+            "answer, t_i held constant (`calibration_target`). 0: off."
+        },
+    )
+    calibration_target: str = field(
+        default="share",
+        metadata={
+            "help": "Target of the calibration loss: 'share' (the share of the group's stated answers equal to this "
+            "one; groups with >= 2 stated answers) or 'weakest_token' (the rollout's lowest reasoning-token "
+            "probability when it was sampled).",
+            "choices": list(CALIBRATION_TARGETS),
+        },
+    )
     # Scoring pass
     scoring_method: str = field(
         default="auto",
@@ -324,6 +367,16 @@ class HyTuningConfig(GRPOConfig):
             self.answer_probability = "options" if self.answer_options else "auto"
         self._check_choice("answer_probability", ANSWER_PROBABILITIES)
         self._check_choice("anchor_signal", ANCHOR_SIGNALS)
+        self._check_choice("calibration_target", CALIBRATION_TARGETS)
+        if not (self.calibration_weight >= 0 and math.isfinite(self.calibration_weight)):
+            raise ValueError(
+                f"`calibration_weight` must be a finite number >= 0 (0: off), got {self.calibration_weight}."
+            )
+        if self.calibration_weight > 0 and self.calibration_target == "share" and self.num_generations < 2:
+            raise ValueError(
+                "calibration_target='share' compares each answer with its group's: it needs num_generations >= 2 "
+                f"(got {self.num_generations}); raise it, or use calibration_target='weakest_token'."
+            )
         bounded = ("rd_weight", "rd_weight_min", "rd_weight_max", "chord_mu_peak", "chord_mu_valley", "prg_gate_floor")
         for name in bounded:
             value = getattr(self, name)

@@ -7,6 +7,7 @@ import re
 
 __all__ = [
     "ANCHOR_SIGNALS",
+    "CALIBRATION_TARGETS",
     "ANSWER_PROBABILITIES",
     "DEFAULT_ANSWER_PATTERN",
     "DEFAULT_ANSWER_TRIGGER",
@@ -25,6 +26,7 @@ PRG_AGGREGATIONS = ("monotone", "net", "positive", "auc")
 ANSWER_PROBABILITIES = ("auto", "options", "raw")
 ANCHOR_SIGNALS = ("own", "trace")
 SCORING_METHODS = ("auto", "packed", "naive")
+CALIBRATION_TARGETS = ("share", "weakest_token")
 
 #: Text placed after the reasoning to ask for the answer when scoring (conditioned on, not scored).
 DEFAULT_ANSWER_TRIGGER = "\nThe answer is"

@@ -53,17 +53,27 @@ from .distill import (
     split_anchor,
     tokenize_distill_dataset,
 )
+from .estimators import group_shares
 from .evaluation import CalibrationEvalCallback
 from .mixing import MixingController, RoundMeans
 from .model_card import write_model_card
-from .rewards import SelfCertaintyReward
+from .packing import finish_logits, get_backbone_and_head, lm_head_scaling, unwrap_model
+from .rewards import SelfCertaintyReward, normalise_answer
 from .scoring import RolloutStats, packed_scoring_verdict, score_rollouts
-from .sharding import shard_indices
+from .sharding import gather_objects, shard_indices
 
 __all__ = ["HyTuningTrainer", "STATE_FILE"]
 
 STATE_FILE = "hytuning_state.json"
 PROMPT_IDS = "hytuning_prompt_ids"  # the extra field that carries each completion's prompt ids to its row
+# what the round hands compute_loss for the calibration loss: one entry per rollout, split and shuffled with the batch
+CAL_TARGET, CAL_POSITION, CAL_OPTIONS, CAL_INDEX = (
+    "hytuning_calibration_target",
+    "hytuning_calibration_position",
+    "hytuning_calibration_options",
+    "hytuning_calibration_index",
+)
+RD_ONLY_STEP = "hytuning_rd_only_step"  # the inputs of a micro-step that uses no rollout
 logger = logging.get_logger(__name__)
 
 
@@ -395,12 +405,88 @@ class HyTuningTrainer(GRPOTrainer):
         if mode == "train":
             if self.args.prg_gate:
                 self._gate_advantages(output, stats)
-            anchor_prg = anchor_gain = None
-            round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
-            if self.anchor_questions and round_index % self.args.prg_every == 0:
-                anchor_prg, anchor_gain = self._anchor_round()
-            self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
+            if self.args.answer_blind_rl:
+                self._blind_answers(output, stats)
+            if self.args.calibration_weight > 0:
+                self._calibration_inputs(output, stats)
+            self._mixing_round(policy)
         return output
+
+    def _mixing_round(self, policy: float | None) -> None:
+        """Queue one generation round's means for the mixing rule, with an anchor round every ``prg_every`` rounds."""
+        anchor_prg = anchor_gain = None
+        round_index = self.mixing.state.generation_rounds + self.mixing.rounds_pending
+        if self.anchor_questions and round_index % self.args.prg_every == 0:
+            anchor_prg, anchor_gain = self._anchor_round()
+        self.mixing.record(RoundMeans(policy_prg=policy, anchor_prg=anchor_prg, anchor_gain=anchor_gain))
+
+    def _skips_rollouts(self) -> bool:
+        """A step whose loss uses no rollout: RD weight 1 and no calibration loss (every process agrees: the weight
+        is reduced globally)."""
+        return self.distill_iterator is not None and self.rd_weight >= 1.0 and self.args.calibration_weight == 0
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL's generation and buffering, except on a training step that uses no rollout (:meth:`_skips_rollouts`):
+        then nothing is generated or scored and the step costs an RD (SFT) step, plus the anchor round on the
+        micro-steps where TRL would have generated (so ``prg_every`` keeps counting the same rounds)."""
+        if not (self.model.training and self._skips_rollouts()):
+            return super()._prepare_inputs(generation_batch)
+        if self._step % (self.args.steps_per_generation * self.num_iterations) == 0:
+            self._mixing_round(None)
+        self._buffered_inputs = None  # a later step that uses rollouts generates its own
+        return {RD_ONLY_STEP: True}
+
+    def _blind_answers(self, output: dict, stats: list[RolloutStats]) -> None:
+        """``answer_blind_rl``: zero each rollout's answer statement in TRL's ``tool_mask`` (the mask of the tokens
+        that are the policy's own to train on), so the policy-gradient, KL and entropy terms skip them; the token
+        count behind the ``dapo`` / ``cispo`` / ``vespo`` normaliser (``num_items_in_batch``) is recounted
+        without them. ``grpo`` / ``bnpo`` / ``luspo`` divide by the masked tokens themselves; ``dr_grpo`` by the
+        constant ``max_completion_length``."""
+        completion_mask = output["completion_mask"]
+        if len(stats) != completion_mask.size(0):
+            raise RuntimeError(f"{len(stats)} scored rollouts for {completion_mask.size(0)} completions.")
+        width = completion_mask.size(1)
+        blind = torch.tensor([s.statement_mask(width) for s in stats], device=completion_mask.device)
+        tool_mask = output.get("tool_mask")
+        output["tool_mask"] = blind.to(completion_mask.dtype) if tool_mask is None else tool_mask * blind
+        kept = completion_mask * output["tool_mask"]
+        output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
+        removed, total = self._reduce_sums(
+            [float((completion_mask * (1 - blind)).sum()), float(completion_mask.sum())]
+        )
+        trl_compat.metrics(self, "train")["hytuning/answer_blind_share"].append(removed / max(total, 1.0))
+
+    def _calibration_inputs(self, output: dict, stats: list[RolloutStats]) -> None:
+        """Per rollout, what the calibration loss needs (``nan`` target / position -1 where it has none): the target
+        ``t_i`` (held constant), the stated letter's position, the option tokens in the form it was written and the
+        stated option's index among them."""
+        device = output["completion_mask"].device
+        if self.args.calibration_target == "share":
+            group = self.num_generations
+            everyone, offset = gather_objects(
+                [normalise_answer(s.answer) if s.answer_usable() else None for s in stats]
+            )
+            shares = [
+                x for start in range(0, len(everyone), group) for x in group_shares(everyone[start : start + group])
+            ]
+            targets = shares[offset : offset + len(stats)]
+        else:
+            targets = [s.weakest_token if s.answer_usable() else None for s in stats]
+        width = max((len(s.statement_option_ids or []) for s in stats), default=1) or 1
+        target, position, options, index = [], [], [], []
+        for s, t in zip(stats, targets):
+            ids = s.statement_option_ids
+            usable = t is not None and math.isfinite(t) and ids is not None and s.answer_position is not None
+            target.append(float(t) if usable else math.nan)
+            position.append(s.answer_position if usable else -1)
+            options.append((list(ids) if usable else []) + [-1] * (width - (len(ids) if usable else 0)))
+            index.append(ids.index(s.completion_ids[s.answer_position]) if usable else 0)
+        output[CAL_TARGET] = torch.tensor(target, dtype=torch.float32, device=device)
+        output[CAL_POSITION] = torch.tensor(position, dtype=torch.long, device=device)
+        output[CAL_OPTIONS] = torch.tensor(options, dtype=torch.long, device=device)
+        output[CAL_INDEX] = torch.tensor(index, dtype=torch.long, device=device)
+        usable, n = self._reduce_sums([float(sum(p >= 0 for p in position)), float(len(stats))])
+        trl_compat.metrics(self, "train")["hytuning/calibration_share"].append(usable / max(n, 1.0))
 
     def _gate_advantages(self, output: dict, stats: list[RolloutStats]) -> None:
         """Per-sample gating: a positive advantage of a rollout whose own PRG is <= 0, missing or non-finite, or
@@ -583,28 +669,69 @@ class HyTuningTrainer(GRPOTrainer):
             self._missing_window = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        """``(1 - rd_weight) * L_GRPO + rd_weight * L_RD + calibration_weight * L_cal`` (each term scaled for gradient
+        accumulation): TRL's loss, the RD loss of one batch of traces (not drawn when ``rd_weight`` is 0), and the
+        calibration loss read from the GRPO forward's hidden states (no second forward). On a step that uses no
+        rollout (:meth:`_prepare_inputs`) the RD loss alone."""
+        if inputs.get(RD_ONLY_STEP):
+            if return_outputs:
+                raise ValueError("HyTuningTrainer does not support returning outputs")
+            trl_compat.metrics(self, "train")["hytuning/rd_weight"].append(1.0)
+            return self._rd_loss(model)
+        calibrate = self.model.training and self.args.calibration_weight > 0 and CAL_TARGET in inputs
+        with _captured_hidden(model, calibrate) as hidden:
+            loss = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         if not self.model.training:
             return loss
         metrics = trl_compat.metrics(self, "train")
         rd_weight = self.rd_weight
         metrics["hytuning/rd_weight"].append(rd_weight)
-        if self.distill_iterator is None:  # rl_only: no RD forward on any process
-            return loss
+        total = (1.0 - rd_weight) * loss if rd_weight < 1.0 else 0.0 * torch.nan_to_num(loss)
+        if self.distill_iterator is not None and rd_weight > 0:  # rl_only, or a weight of 0: no RD forward
+            total = total + rd_weight * self._rd_loss(model)
+        if calibrate:
+            total = total + self.args.calibration_weight * self._calibration_loss(model, inputs, hidden)
+        return total
+
+    def _rd_loss(self, model) -> torch.Tensor:
+        """The RD loss of the next batch of traces, divided by the accumulation steps; its NLL is logged."""
+        metrics = trl_compat.metrics(self, "train")
         batch = collate_distill(
             [self.distill_examples[i] for i in next(self.distill_iterator)], self._tokenizer.pad_token_id
         )
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         out = rd_loss(model, batch, chord_phi=self.args.chord_phi)
-        rd = out.loss / self.current_gradient_accumulation_steps
         nll_sum, n_tokens, nonfinite = self._reduce_sums([out.nll_sum, out.num_tokens, float(out.nonfinite)])
         if n_tokens:
             metrics["hytuning/rd_nll"].append(nll_sum / n_tokens)
         metrics["hytuning/rd_nonfinite"].append(nonfinite)
-        grpo = (1.0 - rd_weight) * loss if rd_weight < 1.0 else 0.0 * torch.nan_to_num(loss)
-        return grpo + rd_weight * rd
+        return out.loss / self.current_gradient_accumulation_steps
+
+    def _calibration_loss(self, model, inputs: dict, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """``mean_i (p(a_i | x, r_i) - t_i)^2 / gradient_accumulation_steps`` over this micro-batch's rollouts with a
+        target: ``p`` the option-renormalised probability of the stated letter, from the untempered logits of the
+        hidden state that predicted it in the GRPO forward, projected through the LM head (called as a module, so
+        ZeRO-3 gathers it); ``t_i`` carries no gradient."""
+        if len(hidden) != 1:
+            raise RuntimeError(f"Expected one GRPO forward per micro-batch, saw {len(hidden)}.")
+        states = hidden[0]
+        target, position = inputs[CAL_TARGET], inputs[CAL_POSITION]
+        rows = torch.nonzero(position >= 0).squeeze(-1)
+        prompt_width = inputs["prompt_ids"].size(1)
+        h = states[rows, prompt_width + position[rows] - 1]
+        _, head = get_backbone_and_head(model)
+        logits = finish_logits(head(h).float(), *lm_head_scaling(unwrap_model(model).config))
+        options = inputs[CAL_OPTIONS][rows]
+        z = logits.gather(1, options.clamp(min=0)).masked_fill(options < 0, -math.inf)
+        p = z.softmax(-1).gather(1, inputs[CAL_INDEX][rows].unsqueeze(1)).squeeze(1)
+        squared = (p - target[rows].detach()) ** 2
+        loss = squared.sum() / max(len(rows), 1) / self.current_gradient_accumulation_steps
+        total, n = self._reduce_sums([float(squared.detach().sum()), float(len(rows))])
+        if n:
+            trl_compat.metrics(self, "train")["hytuning/calibration_loss"].append(total / n)
+        return loss
 
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint plus ``hytuning_state.json`` (mixing state, held-out anchor, RD iterator position),
@@ -724,6 +851,26 @@ class _StartMixing(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.controller.start(state.global_step, state.max_steps)
+
+
+@contextlib.contextmanager
+def _captured_hidden(model, active: bool):
+    """While active, collect the decoder's last hidden states of every forward (with their graph): the calibration
+    loss reads the stated letters' logits from the GRPO forward instead of running a second one."""
+    captured: list[torch.Tensor] = []
+    if not active:
+        yield captured
+        return
+    backbone, _ = get_backbone_and_head(model)
+
+    def hook(module, args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = backbone.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
