@@ -25,7 +25,28 @@ from .calibration import (
 )
 from .callbacks import PRGCallback
 from .config import HyTuningConfig
-from .evaluation import CalibrationEvalCallback, evaluate_mcq, fit_records_temperature, temperature_scaled_records
+from .estimators import (
+    ESTIMATORS,
+    calibrated_confidences,
+    consistency,
+    estimator_confidences,
+    fit_estimator,
+    fit_power,
+    group_shares,
+    majority_vote,
+    marginal,
+    power_scale,
+    prg_gated,
+    reasoning_likelihood,
+    weakest_token,
+)
+from .evaluation import (
+    CalibrationEvalCallback,
+    SamplingOutOfMemory,
+    evaluate_mcq,
+    fit_records_temperature,
+    temperature_scaled_records,
+)
 from .mcq import load_mcq
 from .mixing import MixingState
 from .prg import answer_logprob_trajectory, normalised_gain, prg_score, split_steps
@@ -45,7 +66,7 @@ from .rewards import (
 from .scoring import RolloutStats, score_rollouts
 from .trainer import HyTuningTrainer
 
-__version__ = "0.3.0.dev0"
+__version__ = "0.4.0.dev0"
 
 __all__ = [
     "AgreementBrierReward",
@@ -53,6 +74,7 @@ __all__ = [
     "AnswerExtractor",
     "AnswerReward",
     "CalibrationEvalCallback",
+    "ESTIMATORS",
     "EntropyReward",
     "HyTuningConfig",
     "HyTuningTrainer",
@@ -64,6 +86,7 @@ __all__ = [
     "PRGReward",
     "ParsedCompletion",
     "RolloutStats",
+    "SamplingOutOfMemory",
     "SelfCertaintyReward",
     "accuracy",
     "analyse_prg",
@@ -71,21 +94,33 @@ __all__ = [
     "aurc",
     "auroc",
     "brier_score",
+    "calibrated_confidences",
     "calibration_metrics",
+    "consistency",
+    "estimator_confidences",
     "evaluate_mcq",
     "expected_calibration_error",
+    "fit_estimator",
+    "fit_power",
     "fit_records_temperature",
     "fit_temperature",
+    "group_shares",
     "load_mcq",
+    "majority_vote",
+    "marginal",
     "normalised_gain",
     "overconfidence_rate",
+    "power_scale",
+    "prg_gated",
     "prg_score",
     "read_answer",
+    "reasoning_likelihood",
     "reliability_diagram",
     "score_rollouts",
     "split_steps",
     "temperature_at_bound",
     "temperature_scale",
     "temperature_scaled_records",
+    "weakest_token",
     "write_report",
 ]

@@ -7,7 +7,11 @@ names them, so moving to another TRL release touches this file (and the override
   ``extra_fields`` are merged by TRL into the batch's rows, which reach ``_calculate_rewards(inputs, ...)``;
 * ``GRPOTrainer._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)`` is the one-turn
   generation path (plain ``generate``, ZeRO-3, vLLM) the anchor round reuses (:func:`generate_one_turn`);
-* ``_generate_and_score_completions`` returns a dict with the local :data:`ADVANTAGES` tensor;
+* ``_generate_and_score_completions`` returns a dict with the local :data:`ADVANTAGES` tensor, ``completion_mask``,
+  ``prompt_ids``, ``num_items_in_batch`` and (where some tokens are not the policy's to train on) ``tool_mask``, which
+  ``_compute_loss`` multiplies into its loss mask;
+* ``_prepare_inputs(generation_batch)`` generates every ``steps_per_generation * num_iterations`` micro-steps (counted
+  by ``_step``) into ``_buffered_inputs``, or when that is ``None`` (:func:`generation_due`, :func:`drop_rollouts`);
 * ``_metrics[mode]`` (logged means, :func:`metrics`), ``_log_completion_extra`` (completions table columns),
   ``_get_output_dir`` (checkpoint folders), ``_tokenizer``, ``_tag_names`` (model card tags).
 """
@@ -23,6 +27,8 @@ __all__ = [
     "Generated",
     "advantages",
     "check_trl_version",
+    "drop_rollouts",
+    "generation_due",
     "generate_one_turn",
     "metrics",
     "output_dir",
@@ -104,3 +110,13 @@ def metrics(trainer: Any, mode: str) -> Any:
 def output_dir(trainer: Any, trial: Any) -> str:
     """Where the trainer writes this trial's checkpoints."""
     return trainer._get_output_dir(trial=trial)
+
+
+def generation_due(trainer: Any) -> bool:
+    """Whether TRL's ``_prepare_inputs`` would generate a new round at this micro-step."""
+    return trainer._step % (trainer.args.steps_per_generation * trainer.num_iterations) == 0
+
+
+def drop_rollouts(trainer: Any) -> None:
+    """Forget the buffered rollouts, so that the next micro-step that uses rollouts generates its own."""
+    trainer._buffered_inputs = None

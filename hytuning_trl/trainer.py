@@ -159,10 +159,15 @@ class HyTuningTrainer(GRPOTrainer):
     * ``_calculate_rewards``: one no-grad scoring pass gives each completion its self-certainty, entropy and PRG
       trajectory (``hytuning_stats``, handed to every reward function, read with the row's own ``options``);
     * ``_generate_and_score_completions``: logs the round's means, applies the optional per-sample gate
-      (``prg_gate``) to the advantages TRL computed, and on every ``prg_every``-th round runs the anchor round;
+      (``prg_gate``) to the advantages TRL computed, takes the answer statements out of the loss mask
+      (``answer_blind_rl``), hands the calibration loss its targets, and on every ``prg_every``-th round runs the
+      anchor round;
+    * ``_prepare_inputs``: on a step whose loss uses no rollout (RD weight 1, no calibration loss) nothing is
+      generated: the step costs an RD step (plus the anchor round when one is due);
     * ``training_step``: at the optimizer-step boundary the mixing controller folds the round means and sets the
       next ``rd_weight`` (the first one is set when training begins, by an internal callback);
-    * ``compute_loss``: adds the RD loss of one batch of traces, drawn on every process at every micro-step;
+    * ``compute_loss``: adds the RD loss of one batch of traces (drawn on every process at every micro-step whose RD
+      weight is above 0) and the calibration loss (read from the GRPO forward's hidden states);
     * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mixing state in ``hytuning_state.json``;
     * ``save_model``: the HyTuning model card (base model, mixing rule, citation, calibration figures when a report
       is in the folder, the not-for-clinical-use warning) beside the saved model or adapter.
@@ -431,9 +436,9 @@ class HyTuningTrainer(GRPOTrainer):
         micro-steps where TRL would have generated (so ``prg_every`` keeps counting the same rounds)."""
         if not (self.model.training and self._skips_rollouts()):
             return super()._prepare_inputs(generation_batch)
-        if self._step % (self.args.steps_per_generation * self.num_iterations) == 0:
+        if trl_compat.generation_due(self):
             self._mixing_round(None)
-        self._buffered_inputs = None  # a later step that uses rollouts generates its own
+        trl_compat.drop_rollouts(self)
         return {RD_ONLY_STEP: True}
 
     def _blind_answers(self, output: dict, stats: list[RolloutStats]) -> None:

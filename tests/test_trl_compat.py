@@ -38,6 +38,7 @@ def test_version_range(monkeypatch):
         ("_generate_single_turn", ["prompt_ids", "images", "multimodal_fields", "num_generations"]),
         ("_generate_and_score_completions", ["inputs"]),
         ("_get_output_dir", ["trial"]),
+        ("_prepare_inputs", ["generation_batch"]),
     ],
 )
 def test_installed_trl_has_the_methods_the_trainer_uses(method, params):
