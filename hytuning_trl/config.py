@@ -73,8 +73,10 @@ class HyTuningConfig(GRPOConfig):
             prg_tau).
         prg_ema_decay (`float`, *optional*, defaults to `0.9`):
             Decay of the 'prg_gap' moving averages: ema = decay * ema + (1 - decay) * x, once per round.
-        prg_every (`int`, *optional*, defaults to `1`):
-            Run an anchor round every this many generation rounds. The policy's PRG is computed on every rollout.
+        prg_every (`int`, *optional*, defaults to `4`):
+            Run an anchor round every this many generation rounds (the first round always has one). The policy's PRG
+            is computed on every rollout. The default keeps the own-reasoning anchor round at or below about a quarter
+            of a step when the anchor has as many questions as a round has rollouts (docs/configuration.md).
         prg_gate (`bool`, *optional*, defaults to `False`):
             Per-sample gating: in training, a positive advantage of a rollout whose own PRG is <= 0, missing or non-
             finite, or whose answer is forced, is multiplied by `prg_gate_floor` (TRL's group baseline is computed
@@ -225,10 +227,11 @@ class HyTuningConfig(GRPOConfig):
         default=0.0, metadata={"help": "The factor applied to the gated positive advantages of `prg_gate`."}
     )
     prg_every: int = field(
-        default=1,
+        default=4,
         metadata={
-            "help": "Run an anchor round every this many generation rounds. The policy's PRG is computed on every "
-            "rollout."
+            "help": "Run an anchor round every this many generation rounds (the first round always has one). The "
+            "policy's PRG is computed on every rollout. The default keeps the own-reasoning anchor round at or below "
+            "about a quarter of a step when the anchor has as many questions as a round has rollouts."
         },
     )
     anchor_signal: str = field(

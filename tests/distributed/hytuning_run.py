@@ -96,6 +96,7 @@ def main():
         prg_tau=0.05,
         mixing=a.mixing,
         anchor_signal=a.anchor_signal,
+        prg_every=1,
         **({"gradient_checkpointing": False} if a.no_gradient_checkpointing else {}),
         seed=0,
         disable_tqdm=True,
