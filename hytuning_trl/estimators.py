@@ -40,7 +40,6 @@ from .calibration import _TEMPERATURE_BOUNDS, fit_temperature, golden_section_mi
 
 __all__ = [
     "ESTIMATORS",
-    "OPTION_ESTIMATORS",
     "SAMPLED_ESTIMATORS",
     "SINGLE_PASS_ESTIMATORS",
     "consistency",
@@ -62,8 +61,6 @@ __all__ = [
 SINGLE_PASS_ESTIMATORS = ("after_reasoning", "weakest_token", "reasoning_likelihood", "prg_gated")
 SAMPLED_ESTIMATORS = ("marginal", "consistency")
 ESTIMATORS = SINGLE_PASS_ESTIMATORS + SAMPLED_ESTIMATORS
-#: Estimators with option log-probabilities behind them: post-hoc temperature scaling; the others: the power fit.
-OPTION_ESTIMATORS = ("after_reasoning", "marginal")
 _POWER_BOUNDS = (1e-3, 1e3)
 
 
@@ -88,21 +85,18 @@ def prg_gated(confidence: float, gain: float) -> float:
     return confidence * min(max(gain, 0.0), 1.0)
 
 
-def _option_probability(option_logprobs: Sequence[float] | None, letters: Sequence[str] | None, answer: Any) -> float:
-    if option_logprobs is None or letters is None or answer not in letters:
-        return 0.0
-    z = np.asarray(option_logprobs, dtype=float)
-    p = np.exp(z - z.max())
-    return float(p[list(letters).index(answer)] / p.sum())
-
-
-def marginal(samples: Sequence[dict], answer: Any) -> float:
+def marginal(samples: Sequence[dict], answer: Any, temperature: float = 1.0) -> float:
     """``(1/k) sum_j p(answer | x, r^(j))`` over ``samples`` (each with ``option_logprobs`` after its own reasoning
-    and ``option_letters``); a sample without option scores counts 0. ``nan`` without samples."""
+    and ``option_letters``), the option log-probabilities divided by ``temperature`` first (1: as scored); a sample
+    without option scores, or whose options lack ``answer``, counts 0. ``nan`` without samples."""
     if not samples:
         return math.nan
-    probs = [_option_probability(s.get("option_logprobs"), s.get("option_letters"), answer) for s in samples]
-    return float(sum(probs) / len(probs))
+    total = 0.0
+    for s in samples:
+        letters, logprobs = s.get("option_letters"), s.get("option_logprobs")
+        if logprobs is not None and letters is not None and answer in letters:
+            total += float(temperature_scale([logprobs], temperature)[0][list(letters).index(answer)])
+    return total / len(samples)
 
 
 def consistency(answers: Sequence[Any], answer: Any) -> float:
@@ -231,19 +225,11 @@ def power_scale(conf: Sequence[float], exponent: float) -> list[float]:
 
 
 def _marginal_at(records: Sequence[dict], temperature: float, answers: Sequence[Any]) -> list[float]:
-    """``marginal`` of each record for ``answers`` with every sample's option log-probabilities divided by ``T``."""
-    out = []
-    for i, (r, answer) in enumerate(zip(records, answers)):
-        samples = r.get("samples") or []
-        if not samples:
+    """``marginal`` of each record for ``answers`` at ``temperature``."""
+    for i, r in enumerate(records):
+        if not r.get("samples"):
             raise ValueError(f"record {i} has no 'samples': evaluate with num_samples > 0 for the marginal estimator.")
-        total = 0.0
-        for s in samples:
-            letters = s.get("option_letters")
-            if s.get("option_logprobs") is not None and letters is not None and answer in letters:
-                total += float(temperature_scale([s["option_logprobs"]], temperature)[0][letters.index(answer)])
-        out.append(total / len(samples))
-    return out
+    return [marginal(r["samples"], answer, temperature) for r, answer in zip(records, answers)]
 
 
 def fit_estimator(records: Sequence[dict], name: str) -> dict[str, Any]:

@@ -78,9 +78,11 @@ def write_report(
         for r in evaluation.records:
             f.write(json.dumps(r) + "\n")
     reliability_diagram(conf, correct, paths["reliability"], n_bins=n_bins, title=title)
-    for name in evaluation.metrics.get("estimators") or {}:
+    names = list(evaluation.metrics.get("estimators") or {})
+    per_record = [estimator_confidences(r) for r in evaluation.records] if names else []
+    for name in names:
         path = os.path.join(output_dir, f"reliability_{name}.png")
-        scores = [estimator_confidences(r)[name] for r in evaluation.records]
+        scores = [c[name] for c in per_record]
         reliability_diagram(scores, correct, path, n_bins=n_bins, title=f"{title or 'Reliability'}: {name}")
         paths[f"reliability_{name}"] = path
     return paths

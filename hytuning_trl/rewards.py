@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from .estimators import group_shares, prg_gated
+from .estimators import group_shares
 from .scoring import RolloutStats
 from .sharding import gather_objects
 
@@ -219,10 +219,7 @@ class PRGGatedConfidenceReward(AnswerReward):
     __name__ = "prg_gated_confidence"
 
     def score(self, stats: RolloutStats) -> float | None:
-        confidence, gain = stats.answer_confidence, stats.gain
-        if not self._usable(stats) or confidence is None or gain is None:
-            return None
-        return prg_gated(confidence, gain)
+        return stats.prg_gated_confidence if self._usable(stats) else None
 
 
 def normalise_answer(answer: str) -> str:
