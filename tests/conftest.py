@@ -84,6 +84,13 @@ BASE_ARGS = dict(
 )
 
 
+def grpo_only(kwargs: dict) -> dict:
+    """``kwargs`` without HyTuning's own fields, for a plain ``GRPOConfig`` reference."""
+    from trl import GRPOConfig
+
+    return {k: v for k, v in kwargs.items() if k in GRPOConfig.__dataclass_fields__}
+
+
 def make_args(tmp_path, **overrides):
     from hytuning_trl import HyTuningConfig
 

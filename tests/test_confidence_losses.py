@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import BASE_ARGS
+from conftest import BASE_ARGS, grpo_only
 from test_loss_gradients import (
     COMMON,
     POOL,
@@ -35,7 +35,7 @@ def _statement(tokenizer, text):
     return start, end
 
 
-def _masked_rollout_func(tokenizer):
+def masked_rollout_func(tokenizer):
     inner = make_rollout_func(tokenizer, POOL)
     spans = [_statement(tokenizer, t) for t in POOL]
 
@@ -97,14 +97,14 @@ def test_answer_blind_rl_by_gradients(tmp_path, build_trainer, trained_model, tr
     handle = backbone.register_forward_hook(hook, with_kwargs=True)
     blind = _grads(blind_trainer, 1)
     handle.remove()
-    kwargs = {k: v for k, v in {**BASE_ARGS, **overrides}.items() if k != "answer_options"}
+    kwargs = grpo_only({**BASE_ARGS, **overrides})
     reference_trainer = GRPOTrainer(
         model=copy.deepcopy(initial),
         reward_funcs=[length_reward],
         args=GRPOConfig(output_dir=str(tmp_path / "ref"), **kwargs),
         train_dataset=train_dataset,
         processing_class=trained_tokenizer,
-        rollout_func=_masked_rollout_func(trained_tokenizer),
+        rollout_func=masked_rollout_func(trained_tokenizer),
     )
     reference = _grads(reference_trainer, 1)
     _assert_close(blind[0], reference[0], f"answer-blind vs hand-masked GRPO ({loss_type})")
@@ -116,9 +116,10 @@ def test_answer_blind_rl_by_gradients(tmp_path, build_trainer, trained_model, tr
     assert max(grads_elsewhere) > 0.0
 
 
-def _hand_calibration_grads(model, tokenizer, calls, target, weight, ga):
-    """w * sum over micro-batches of mean_i (p_i - t_i)^2 / GA, every rollout of a call in one micro-batch of 4, by
-    plain forwards: p_i the option-renormalised probability of the stated letter where the completion states it."""
+def hand_calibration_grads(model, tokenizer, calls, target, weight, ga, micro_batch=4):
+    """w * sum over micro-batches of mean_i (p_i - t_i)^2 / GA, the rollouts of each call split into micro-batches of
+    ``micro_batch`` (their order does not matter: every micro-batch has as many rows, all with a target), by plain
+    forwards: p_i the option-renormalised probability of the stated letter where the completion states it."""
     model = copy.deepcopy(model).train()
     model.zero_grad()
     options = [tokenizer(" " + x, add_special_tokens=False)["input_ids"][0] for x in LETTERS]
@@ -138,9 +139,8 @@ def _hand_calibration_grads(model, tokenizer, calls, target, weight, ga):
                     lps = [logp[len(p) - 1 + j, c[j]].item() for j in range(s)]
                 t = math.exp(min(lps)) if lps else 1.0
             terms.append((prob - t) ** 2)
-        per_batch = len(terms) // (len(terms) // 4)
-        for b in range(0, len(terms), per_batch):
-            (weight * torch.stack(terms[b : b + per_batch]).mean() / ga).backward()
+        for b in range(0, len(terms), micro_batch):
+            (weight * torch.stack(terms[b : b + micro_batch]).mean() / ga).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -173,7 +173,7 @@ def test_calibration_loss_by_gradients(build_trainer, trained_model, trained_tok
     got = _grads(trainer, 1)
     assert len(calls) == 1 and len(calls[0][0]) == 4 * ga  # one generation round for both micro-steps
     rd = _rd_reference(initial, trainer, drawn, 1, ga)[0]
-    cal = _hand_calibration_grads(initial, trained_tokenizer, [(calls[0][0], calls[0][1])], target, weight, ga)
+    cal = hand_calibration_grads(initial, trained_tokenizer, [(calls[0][0], calls[0][1])], target, weight, ga)
     expected = {n: rd[n] + cal[n] for n in rd}
     _assert_close(got[0], expected, f"rd_only + calibration ({target})", atol=1e-6)
     assert max(g.abs().max().item() for g in cal.values()) > 1e-6  # the calibration part is not trivially zero

@@ -165,8 +165,16 @@ def test_ddp_own_anchor_by_hand(ddp_run, trained_dir):
 
 @pytest.mark.multiprocess
 def test_zero3_two_processes(trained_dir, tmp_path):
+    """ZeRO-3 on 2 processes with answer-blind RL and the calibration loss on (the LM head called as a module inside
+    the GRPO forward's loss): the anchor by hand, the same RD weight and the same reduced answer-blind and calibration
+    figures on both processes at every step, traces sharded, everything finite; a finished run is refused on resume."""
     common = ("--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5")
-    results = _launch("zero3", tmp_path, *common, "--token_budget", "200", "--save_steps", "3")
+    confidence = ("--answer_blind", "--calibration_weight", "1.0")
+    results = _launch("zero3", tmp_path, *common, *confidence, "--token_budget", "200", "--save_steps", "3")
+    for key in ("hytuning/answer_blind_share", "hytuning/calibration_loss", "hytuning/calibration_share"):
+        values = [[h[key] for h in r["logs"]] for r in results]
+        assert values[0] == values[1] and len(values[0]) == 3, key
+        assert all(v > 0 for v in values[0]), key
     _own_anchor_by_hand(trained_dir, results)
     lams = _same_lam_every_step(results)
     assert len(set(lams)) > 1
@@ -174,7 +182,7 @@ def test_zero3_two_processes(trained_dir, tmp_path):
     _traces_sharded(results)
     assert all(r["finite"] for r in results)
     # resumed at its final checkpoint, ZeRO-3 refuses (transformers would train one step more) and names the fix
-    proc = _run("zero3", tmp_path / "again", *common, "--resume", str(tmp_path / "checkpoint-3"))
+    proc = _run("zero3", tmp_path / "again", *common, *confidence, "--resume", str(tmp_path / "checkpoint-3"))
     assert proc.returncode != 0 and "its training is finished" in proc.stderr and "raise max_steps" in proc.stderr
 
 

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from conftest import BASE_ARGS
+from conftest import BASE_ARGS, grpo_only
 from transformers import TrainerCallback
 
 RTOL = 1e-5
@@ -96,7 +96,7 @@ def _hy_grads(build_trainer, tokenizer, steps, **overrides):
 def _plain_grads(tmp_path, model, tokenizer, train_dataset, steps, **overrides):
     from trl import GRPOConfig, GRPOTrainer
 
-    kwargs = {k: v for k, v in {**BASE_ARGS, **COMMON, **overrides}.items() if k != "answer_options"}
+    kwargs = grpo_only({**BASE_ARGS, **COMMON, **overrides})
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[length_reward],
@@ -200,8 +200,9 @@ def test_rd_only_gradients_do_not_depend_on_beta(build_trainer, trained_model, t
 
 @pytest.mark.multiprocess
 def test_loss_by_gradients_two_processes(trained_dir, tmp_path):
-    """The same three identities under DDP on 2 processes with gradient accumulation 2: gradients after the
-    all-reduce; the RD reference is each process's hand NLL gradient averaged over the processes."""
+    """The same three identities under DDP on 2 processes with gradient accumulation 2, plus answer-blind RL against
+    plain GRPO masked by hand (dapo: the token count gathered over both processes) and rd_only + calibration against
+    hand gradients: gradients after the all-reduce; the hand references are each process's averaged over them."""
     import os
     import socket
     import subprocess
@@ -226,3 +227,6 @@ def test_loss_by_gradients_two_processes(trained_dir, tmp_path):
     _assert_close(g["rd_only"], saved["ref"], "2 processes: rd_only vs hand NLL")
     expected = {n: 0.7 * g["plain"][n] + 0.3 * saved["ref"][n] for n in g["plain"]}
     _assert_close(g["constant"], expected, "2 processes: constant 0.3 vs interpolation", atol=MIX_ATOL)
+    _assert_close(g["blind"], g["blind_ref"], "2 processes: answer-blind vs hand-masked GRPO (dapo)")
+    assert any(not torch.allclose(g["blind"][n], g["plain"][n]) for n in g["plain"])
+    _assert_close(g["cal"], saved["cal_ref"], "2 processes: rd_only + calibration vs hand", atol=MIX_ATOL)

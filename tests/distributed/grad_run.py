@@ -1,9 +1,12 @@
 """Two-process gradient check, launched by tests/test_loss_gradients.py with torchrun (gloo, CPU).
 
-On fixed rollouts with gradient accumulation 2, four trainers run one optimizer step each: plain trl.GRPOTrainer,
-and HyTuningTrainer with rl_only, rd_only and constant 0.3. Gradients are read after DDP's all-reduce. The RD
-reference is written here by hand: each process's NLL gradient on the traces it drew (the model's own loss, labels
-masked to the completion, / GA), averaged over the processes as DDP averages. Rank 0 saves everything.
+On fixed rollouts with gradient accumulation 2, trainers run one optimizer step each: plain trl.GRPOTrainer,
+HyTuningTrainer with rl_only, rd_only and constant 0.3; plain GRPOTrainer with the answer statements masked by hand
+through TRL's env_mask ("blind_ref") against HyTuningTrainer rl_only with answer_blind_rl ("blind": the default dapo
+loss divides by the token count gathered over both processes); and rd_only with the calibration loss ("cal", target
+"share": the groups of 4 span the two processes' micro-batches). Gradients are read after DDP's all-reduce. The RD and
+calibration references are written here by hand: each process's gradients on what it drew and generated (/ GA),
+averaged over the processes as DDP averages. Rank 0 saves everything.
 """
 
 import argparse
@@ -16,7 +19,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
-from conftest import BASE_ARGS  # noqa: E402
+from conftest import BASE_ARGS, grpo_only  # noqa: E402
+from test_confidence_losses import hand_calibration_grads, masked_rollout_func  # noqa: E402
 from test_loss_gradients import (  # noqa: E402
     COMMON,
     POOL,
@@ -44,24 +48,50 @@ def main():
         [{"prompt": e["prompt"], "completion": e["completion"]} for e in scripted_examples(16, 7)]
     )
     kwargs = {**BASE_ARGS, **COMMON, "per_device_train_batch_size": 2, "gradient_accumulation_steps": GA}
-    results, draws = {}, []
-    for mode in ("plain", "rl_only", "rd_only", "constant"):
+    results, draws, cal_draws, cal_calls = {}, [], [], []
+    cal_weight = 3.0
+    for mode in ("plain", "rl_only", "rd_only", "constant", "blind_ref", "blind", "cal"):
         model = AutoModelForCausalLM.from_pretrained(a.model)
         spy = GradSpy()
         out = os.path.join(a.out, mode)
-        if mode == "plain":
+        if mode in ("plain", "blind_ref"):
             from trl import GRPOConfig, GRPOTrainer
 
-            grpo_kwargs = {k: v for k, v in kwargs.items() if k != "answer_options"}
+            grpo_kwargs = grpo_only(kwargs)
             trainer = GRPOTrainer(
                 model=model,
                 reward_funcs=[length_reward],
                 args=GRPOConfig(output_dir=out, **grpo_kwargs),
                 train_dataset=train,
                 processing_class=tokenizer,
-                rollout_func=make_rollout_func(tokenizer, POOL),
+                rollout_func=masked_rollout_func(tokenizer)
+                if mode == "blind_ref"
+                else make_rollout_func(tokenizer, POOL),
                 callbacks=[spy],
             )
+        elif mode in ("blind", "cal"):
+            inner = make_rollout_func(tokenizer, POOL)
+
+            def recording(prompts, trainer, inner=inner):
+                generated = inner(prompts, trainer)
+                cal_calls.append((generated["prompt_ids"], generated["completion_ids"]))
+                return generated
+
+            extra = {"mixing": "rl_only", "answer_blind_rl": True} if mode == "blind" else {}
+            if mode == "cal":
+                extra = {"mixing": "rd_only", "calibration_weight": cal_weight, "calibration_target": "share"}
+            trainer = HyTuningTrainer(
+                model=model,
+                reward_funcs=[length_reward],
+                args=HyTuningConfig(output_dir=out, **extra, **kwargs),
+                train_dataset=train,
+                distill_dataset=distill if mode == "cal" else None,
+                processing_class=tokenizer,
+                rollout_func=recording if mode == "cal" else inner,
+                callbacks=[spy],
+            )
+            if mode == "cal":
+                cal_draws, cal_examples = record_draws(trainer), trainer.distill_examples
         else:
             trainer = HyTuningTrainer(
                 model=model,
@@ -91,11 +121,28 @@ def main():
         g = param.grad.detach().clone()
         dist.all_reduce(g)
         ref[n] = g / dist.get_world_size()
+    # the calibration run's reference: the hand NLL on what it drew plus the hand calibration loss on what it generated
+    assert len(cal_draws) == GA and len(cal_calls) == 1
+    model = AutoModelForCausalLM.from_pretrained(a.model).train()
+    for indices in cal_draws:
+        hand_nll_backward(model, [cal_examples[i] for i in indices], pad, GA)
+    cal = hand_calibration_grads(model, tokenizer, cal_calls, "share", cal_weight, GA, micro_batch=2)
+    cal_ref = {}
+    for n, param in model.named_parameters():
+        g = param.grad.detach().clone() + cal[n]
+        dist.all_reduce(g)
+        cal_ref[n] = g / dist.get_world_size()
     all_draws = [None] * dist.get_world_size()
     dist.all_gather_object(all_draws, draws)
     if dist.get_rank() == 0:
         torch.save(
-            {"grads": results, "ref": ref, "draws": all_draws, "world_size": dist.get_world_size()},
+            {
+                "grads": results,
+                "ref": ref,
+                "cal_ref": cal_ref,
+                "draws": all_draws,
+                "world_size": dist.get_world_size(),
+            },
             os.path.join(a.out, "grads.pt"),
         )
     dist.barrier()

@@ -63,6 +63,8 @@ def main():
     p.add_argument("--no_gradient_checkpointing", action="store_true")
     p.add_argument("--anchor_rows", type=int, default=0, help="anchor: this many question rows (no traces)")
     p.add_argument("--anchor_signal", default="own")
+    p.add_argument("--answer_blind", action="store_true", help="answer_blind_rl=True")
+    p.add_argument("--calibration_weight", type=float, default=0.0)
     a = p.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
@@ -97,6 +99,8 @@ def main():
         mixing=a.mixing,
         anchor_signal=a.anchor_signal,
         prg_every=1,
+        answer_blind_rl=a.answer_blind,
+        calibration_weight=a.calibration_weight,
         **({"gradient_checkpointing": False} if a.no_gradient_checkpointing else {}),
         seed=0,
         disable_tqdm=True,
