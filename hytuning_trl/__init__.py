@@ -49,7 +49,7 @@ from .evaluation import (
 )
 from .mcq import load_mcq
 from .mixing import MixingState
-from .prg import answer_logprob_trajectory, normalised_gain, prg_score, split_steps
+from .prg import normalised_gain, prg_score, split_steps
 from .prg_analysis import analyse_prg
 from .report import write_report
 from .rewards import (
@@ -63,7 +63,7 @@ from .rewards import (
     PRGReward,
     SelfCertaintyReward,
 )
-from .scoring import RolloutStats, score_rollouts
+from .scoring import RolloutStats, answer_logprob_trajectory, score_rollouts
 from .trainer import HyTuningTrainer
 
 __version__ = "0.4.0.dev0"

@@ -10,7 +10,9 @@ and an aggregation of the trajectory into one number in ``[-1, 1]`` (:func:`prg_
 ids: steps are token spans of the completion as generated, never re-tokenised. The paper (arXiv 2604.08454)
 publishes no formula; this is the package's own instantiation, each choice a config option.
 
-Usable without the trainer, to analyse any model's reasoning::
+The formulas need no model; the trajectory itself comes from the scoring engine
+(:func:`hytuning_trl.scoring.answer_logprob_trajectory`, also importable from ``hytuning_trl``). Usable without the
+trainer, to analyse any model's reasoning::
 
     spans = split_steps(completion_ids, tokenizer, "\\n\\n")
     steps = [completion_ids[s:e] for s, e in spans]
@@ -21,16 +23,15 @@ Usable without the trainer, to analyse any model's reasoning::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .constants import DEFAULT_STEP_SEPARATOR, DEFAULT_VOCAB_CHUNK_ELEMS, PRG_AGGREGATIONS
+from .constants import DEFAULT_STEP_SEPARATOR, PRG_AGGREGATIONS
 
-__all__ = ["PRG_AGGREGATIONS", "answer_logprob_trajectory", "prg_score", "split_steps", "token_texts"]
+__all__ = ["PRG_AGGREGATIONS", "prg_score", "split_steps", "token_texts"]
 
 
 def normalised_gain(p0: float, pk: float, eps: float = 1e-6) -> float:
@@ -178,61 +179,3 @@ def join_steps(steps: Sequence[Sequence[int]]) -> tuple[list[int], list[tuple[in
         spans.append((len(completion), len(completion) + len(step)))
         completion.extend(int(t) for t in step)
     return completion, spans
-
-
-def answer_logprob_trajectory(
-    model: nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    step_ids: Sequence[Sequence[Sequence[int]]],
-    trigger_ids: Sequence[int] | Sequence[Sequence[int]],
-    answer_ids: Sequence[Sequence[int] | None],
-    *,
-    option_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
-    method: str = "auto",
-    token_budget: int = 16384,
-    vocab_chunk_elems: int = DEFAULT_VOCAB_CHUNK_ELEMS,
-    pad_token_id: int = 0,
-    sync_num_batches: Callable[[int], int] | None = None,
-    whitespace_ids: Collection[int] = (),
-) -> list[torch.Tensor]:
-    """``lp_k = log P(answer | prompt, step_1..step_k, trigger)`` for ``k = 0..K_b``, for every sample ``b``.
-
-    All samples are packed (one row each: ``[prompt, branch_0, step_1, branch_1, ..., step_K, branch_K]`` with a 4D
-    mask) and run in batched no-grad forwards of at most ``token_budget`` padded tokens. ``method="naive"`` runs the
-    ``K + 1`` prefixes separately (the reference); ``"auto"`` uses the packed pass where the model takes the mask.
-
-    Args:
-        model: a causal LM.
-        prompt_ids: per sample, the prompt's token ids (non-empty).
-        step_ids: per sample, the token ids of each step (``[]`` for K = 0).
-        trigger_ids: the answer trigger's ids (conditioned on, not scored), shared or per sample.
-        answer_ids: per sample, the answer's ids. In options mode ``None`` scores the model's forced choice.
-        option_ids: the options' first token ids; when given, each ``lp_k`` is renormalised over the options.
-        whitespace_ids: ids of whitespace-only tokens; each branch is inserted before those that end what precedes
-            it (:func:`hytuning_trl.answers.whitespace_token_ids`).
-
-    Returns:
-        One float32 tensor of ``K_b + 1`` log-probabilities per sample.
-    """
-    if len(step_ids) != len(prompt_ids):
-        raise ValueError(f"Got {len(prompt_ids)} prompts but {len(step_ids)} step lists.")
-    completions, spans = map(list, zip(*(join_steps(steps) for steps in step_ids))) if step_ids else ([], [])
-    from .scoring import score_rollouts  # here, not at the top: the engine imports this module's formulas
-
-    stats = score_rollouts(
-        model,
-        [list(p) for p in prompt_ids],
-        completions,
-        step_spans=spans,
-        trigger_ids=trigger_ids,
-        answer_ids=answer_ids,
-        option_ids=option_ids,
-        compute_stats=False,
-        method=method,
-        token_budget=token_budget,
-        vocab_chunk_elems=vocab_chunk_elems,
-        pad_token_id=pad_token_id,
-        sync_num_batches=sync_num_batches,
-        whitespace_ids=whitespace_ids,
-    )
-    return [torch.tensor(s.answer_logprobs, dtype=torch.float32) for s in stats]

@@ -25,9 +25,9 @@ from torch import nn
 from .constants import DEFAULT_VOCAB_CHUNK_ELEMS
 from .estimators import prg_gated, reasoning_likelihood, weakest_token
 from .packing import Row, build_naive_rows, build_packed_row, get_backbone_and_head, run_rows, unwrap_model
-from .prg import normalised_gain
+from .prg import join_steps, normalised_gain
 
-__all__ = ["RolloutStats", "score_rollouts", "to_id_lists"]
+__all__ = ["RolloutStats", "answer_logprob_trajectory", "score_rollouts", "to_id_lists"]
 
 _PACKED_OK_ATTR = "_hytuning_packed_mask_ok"
 
@@ -402,3 +402,59 @@ def score_rollouts(
                 stats.answer_num_tokens = len(answer)
         out.append(stats)
     return out
+
+
+def answer_logprob_trajectory(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    step_ids: Sequence[Sequence[Sequence[int]]],
+    trigger_ids: Sequence[int] | Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int] | None],
+    *,
+    option_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    method: str = "auto",
+    token_budget: int = 16384,
+    vocab_chunk_elems: int = DEFAULT_VOCAB_CHUNK_ELEMS,
+    pad_token_id: int = 0,
+    sync_num_batches: Callable[[int], int] | None = None,
+    whitespace_ids: Collection[int] = (),
+) -> list[torch.Tensor]:
+    """``lp_k = log P(answer | prompt, step_1..step_k, trigger)`` for ``k = 0..K_b``, for every sample ``b``.
+
+    All samples are packed (one row each: ``[prompt, branch_0, step_1, branch_1, ..., step_K, branch_K]`` with a 4D
+    mask) and run in batched no-grad forwards of at most ``token_budget`` padded tokens. ``method="naive"`` runs the
+    ``K + 1`` prefixes separately (the reference); ``"auto"`` uses the packed pass where the model takes the mask.
+
+    Args:
+        model: a causal LM.
+        prompt_ids: per sample, the prompt's token ids (non-empty).
+        step_ids: per sample, the token ids of each step (``[]`` for K = 0).
+        trigger_ids: the answer trigger's ids (conditioned on, not scored), shared or per sample.
+        answer_ids: per sample, the answer's ids. In options mode ``None`` scores the model's forced choice.
+        option_ids: the options' first token ids; when given, each ``lp_k`` is renormalised over the options.
+        whitespace_ids: ids of whitespace-only tokens; each branch is inserted before those that end what precedes
+            it (:func:`hytuning_trl.answers.whitespace_token_ids`).
+
+    Returns:
+        One float32 tensor of ``K_b + 1`` log-probabilities per sample.
+    """
+    if len(step_ids) != len(prompt_ids):
+        raise ValueError(f"Got {len(prompt_ids)} prompts but {len(step_ids)} step lists.")
+    completions, spans = map(list, zip(*(join_steps(steps) for steps in step_ids))) if step_ids else ([], [])
+    stats = score_rollouts(
+        model,
+        [list(p) for p in prompt_ids],
+        completions,
+        step_spans=spans,
+        trigger_ids=trigger_ids,
+        answer_ids=answer_ids,
+        option_ids=option_ids,
+        compute_stats=False,
+        method=method,
+        token_budget=token_budget,
+        vocab_chunk_elems=vocab_chunk_elems,
+        pad_token_id=pad_token_id,
+        sync_num_batches=sync_num_batches,
+        whitespace_ids=whitespace_ids,
+    )
+    return [torch.tensor(s.answer_logprobs, dtype=torch.float32) for s in stats]
