@@ -37,6 +37,8 @@ import time
 import traceback
 from typing import Any
 
+from _run_config import MEASUREMENT_ARGS  # benchmarks/_run_config.py (the script's own folder)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CONFIGS = os.path.join(HERE, "configs")
@@ -301,12 +303,7 @@ def _train(setting: str, args, device, tok, config) -> dict:
         num_generations=4,
         max_completion_length=args.max_completion_length if not args.dry_run else 16,
         max_steps=args.train_steps,
-        logging_steps=1,
-        learning_rate=1e-6,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
+        **MEASUREMENT_ARGS,
         gradient_checkpointing=gc_on,
         bf16=not args.dry_run,
         use_cpu=args.dry_run,

@@ -40,6 +40,7 @@ import time
 
 import torch
 from _memory import peak_rss_growth_mib  # benchmarks/_memory.py
+from _run_config import MEASUREMENT_ARGS  # benchmarks/_run_config.py
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -123,12 +124,7 @@ def make_trainer(setting, args, model_path, out):
         num_generations=args.generations,
         max_completion_length=args.max_completion_length,
         max_steps=args.steps,
-        logging_steps=1,
-        learning_rate=1e-6,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
+        **MEASUREMENT_ARGS,
         # every completion (and anchor answer) runs to max_completion_length: sampled lengths vary from step to
         # step far more than HyTuning's cost does, and would drown the ratio (the worst case, and a stable one)
         generation_kwargs={"min_new_tokens": args.max_completion_length} if args.fixed_length else None,
