@@ -82,10 +82,10 @@ def instrument() -> None:
 
 
 def build(args, out: str):
-    import compare_baselines as cb
     import train_medqa
+    from evidence import presets, runner
 
-    preset = cb.PRESETS[args.preset]
+    preset = presets.PRESETS[args.preset]
     data = args.data_dir
     if data is None:
         import synthetic_task
@@ -93,7 +93,7 @@ def build(args, out: str):
         data = tempfile.mkdtemp(prefix="profile_data_")
         splits = synthetic_task.generate(0, n_traces=preset.n_traces, n_eval=64)
         for name in ("unlabeled", "traces"):
-            cb.write_jsonl(os.path.join(data, f"{name}.jsonl"), splits[name])
+            runner.write_jsonl(os.path.join(data, f"{name}.jsonl"), splits[name])
     argv = [*preset.training, "--dataset_name", "", "--distill_dataset_name", "", "--eval_dataset_name", ""]
     argv += [
         "--train_file",
@@ -102,7 +102,7 @@ def build(args, out: str):
         os.path.join(data, "traces.jsonl"),
     ]
     argv += ["--allow_sample_traces", "true", "--skip_eval", "true", "--max_steps", str(args.steps)]
-    argv += ["--output_dir", out, "--save_strategy", "no", *cb.ARMS[args.arm], "--prg_every", str(args.prg_every)]
+    argv += ["--output_dir", out, "--save_strategy", "no", *presets.ARMS[args.arm], "--prg_every", str(args.prg_every)]
     if args.model:
         argv += ["--model_name_or_path", args.model]
     script_args, training_args, model_args = train_medqa.parse(argv)

@@ -12,11 +12,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import compare_baselines as cb  # noqa: E402
+from evidence import analysis, cli, presets, runner, store  # noqa: E402
 
 
 def _dry(capsys, *argv):
-    cb.main(["--dry_run", "--output_dir", "unused", *argv])
+    cli.main(["--dry_run", "--output_dir", "unused", *argv])
     lines = capsys.readouterr().out.strip().splitlines()
     runs = [line.split(":")[0] for line in lines[:-1]]
     return runs, lines
@@ -32,10 +32,12 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
     assert "set from a measured step time" in lines[-1]
     full, _ = _dry(capsys, "--preset", "cpu-full")
-    assert len(full) == 21 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
+    assert len(full) == 3 * len(presets.ARMS) == 24 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
     gpu, gpu_lines = _dry(capsys, "--preset", "gpu")
-    assert len(gpu) == 21
-    assert all(cb.GPU_RECIPE in line and "Qwen/Qwen2.5-1.5B-Instruct" in line for line in gpu_lines[:-1])
+    assert len(gpu) == 24
+    [blind] = [line for line in gpu_lines if line.startswith("hytuning_blind seed 0")]  # an arm added in one place
+    assert "--mixing prg --answer_blind_rl true --rewards self_certainty prg_gated_confidence" in blind
+    assert all(presets.GPU_RECIPE in line and "Qwen/Qwen2.5-1.5B-Instruct" in line for line in gpu_lines[:-1])
     assert "--max_steps 300" in gpu_lines[0] and "measured" not in gpu_lines[-1]
 
 
@@ -67,31 +69,36 @@ def test_evidence_preset_names_the_arms_of_issue_23(capsys):
     plan = {"max_steps": 60, "probe_steps": 20}
     common = set()
     for arm in expected:
-        cmd = cb.run_command(cb.Run(arm, 0, "<out>"), cb.PRESETS["evidence"], files, plan, [], 0.5)
-        assert cmd[-len(cb.ARMS[arm]) - (2 if arm == "hytuning_const" else 0) :][: len(cb.ARMS[arm])] == cb.ARMS[arm]
-        common.add(tuple(cmd[: len(cmd) - len(cb.ARMS[arm]) - (2 if arm == "hytuning_const" else 0)]))
+        cmd = runner.run_command(runner.Run(arm, 0, "<out>"), presets.PRESETS["evidence"], files, plan, [], 0.5)
+        assert (
+            cmd[-len(presets.ARMS[arm]) - (2 if arm == "hytuning_const" else 0) :][: len(presets.ARMS[arm])]
+            == presets.ARMS[arm]
+        )
+        common.add(tuple(cmd[: len(cmd) - len(presets.ARMS[arm]) - (2 if arm == "hytuning_const" else 0)]))
     assert len(common) == 1
 
 
 def test_reading_in_words_worked_by_hand():
     """Which side an interval favours: higher is better for accuracy and AUROC, lower for Brier and ECE."""
     row = {"arm": "hytuning", "reference": "rd_only"}
-    assert cb.reading({**row, "metric": "accuracy", "ci95": [0.01, 0.05]}) == "hytuning better"
-    assert cb.reading({**row, "metric": "brier", "ci95": [0.01, 0.05]}) == "rd_only better"
-    assert cb.reading({**row, "metric": "ece", "ci95": [-0.05, -0.01]}) == "hytuning better"
-    assert cb.reading({**row, "metric": "auroc", "ci95": [-0.05, -0.01]}) == "rd_only better"
-    assert cb.reading({**row, "metric": "brier", "ci95": [-0.01, 0.05]}) == "no difference shown"
-    assert cb.reading({**row, "metric": "auroc", "ci95": [float("nan"), 0.1]}).startswith("no interval")
-    assert cb.reading({**row, "metric": "accuracy", "ci95": [-0.02, 0.01]}, -0.03) == "non-inferior"
-    assert cb.reading({**row, "metric": "accuracy", "ci95": [-0.04, 0.01]}, -0.03).startswith("non-inferiority not")
+    assert analysis.reading({**row, "metric": "accuracy", "ci95": [0.01, 0.05]}) == "hytuning better"
+    assert analysis.reading({**row, "metric": "brier", "ci95": [0.01, 0.05]}) == "rd_only better"
+    assert analysis.reading({**row, "metric": "ece", "ci95": [-0.05, -0.01]}) == "hytuning better"
+    assert analysis.reading({**row, "metric": "auroc", "ci95": [-0.05, -0.01]}) == "rd_only better"
+    assert analysis.reading({**row, "metric": "brier", "ci95": [-0.01, 0.05]}) == "no difference shown"
+    assert analysis.reading({**row, "metric": "auroc", "ci95": [float("nan"), 0.1]}).startswith("no interval")
+    assert analysis.reading({**row, "metric": "accuracy", "ci95": [-0.02, 0.01]}, -0.03) == "non-inferior"
+    assert analysis.reading({**row, "metric": "accuracy", "ci95": [-0.04, 0.01]}, -0.03).startswith(
+        "non-inferiority not"
+    )
 
 
 def test_threads_per_run_split_the_cores_unless_set(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cb.os, "cpu_count", lambda: 8)
-    assert cb.thread_env(2)["OMP_NUM_THREADS"] == "4" and cb.thread_env(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    assert runner.thread_env(2)["OMP_NUM_THREADS"] == "4" and runner.thread_env(16)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cb.thread_env(2)["OMP_NUM_THREADS"] == "3"
+    assert runner.thread_env(2)["OMP_NUM_THREADS"] == "3"
 
 
 def test_steps_fit_the_budget_worked_by_hand():
@@ -100,15 +107,15 @@ def test_steps_fit_the_budget_worked_by_hand():
     overhead 10 s, step 10 s, probe every 10 steps.
     S = 30: 148 + 300 + 3 * 88.32 = 712.96 > 600; S = 29: 148 + 290 + 2 * 88.32 = 614.64 > 600;
     S = 28: 148 + 280 + 2 * 88.32 = 604.64 > 600; S = 27: 148 + 270 + 2 * 88.32 = 594.64 <= 600."""
-    args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "20", "--safety", "1.0", "--jobs", "2"])
+    args, _ = cli.parse(["--preset", "cpu", "--budget_minutes", "20", "--safety", "1.0", "--jobs", "2"])
     timing = {"n_eval": 100, "base_eval_s": 50.0, "probe_s_per_question": 1.2, "run_overhead_s": 10.0}
     timing["step_time_s"] = 10.0
-    plan = cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
+    plan = runner.steps_for_budget(timing, presets.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
     assert plan["max_steps"] == 27 and plan["probe_steps"] == 10
     assert plan["per_run_s"] == pytest.approx(594.6, abs=0.05)
-    args, _ = cb.parse(["--preset", "cpu", "--budget_minutes", "3", "--jobs", "2"])
+    args, _ = cli.parse(["--preset", "cpu", "--budget_minutes", "3", "--jobs", "2"])
     with pytest.raises(SystemExit, match="raise --budget_minutes"):
-        cb.steps_for_budget(timing, cb.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
+        runner.steps_for_budget(timing, presets.PRESETS["cpu"], args, n_runs=4, elapsed_s=0.0)
 
 
 def _predictions(folder):
@@ -123,12 +130,12 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     argv += ["--max_eval_samples", "12", "--n_bootstrap", "200", "--jobs", "2", "--output_dir", out]
     argv += ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "24", "--eval_max_new_tokens", "24"]
     argv += ["--learning_rate", "1e-3"]
-    result = cb.main(argv)
+    result = cli.main(argv)
     capsys.readouterr()
 
     # the same RD / anchor split for every run, disjoint, 16 of the 64 traces held out
     data = os.path.join(out, "data")
-    rd, anchor = (cb.read_jsonl(os.path.join(data, f)) for f in ("rd_traces.jsonl", "anchor_traces.jsonl"))
+    rd, anchor = (runner.read_jsonl(os.path.join(data, f)) for f in ("rd_traces.jsonl", "anchor_traces.jsonl"))
     assert len(rd) == 48 and len(anchor) == 16
     assert not {q["question"] for q in rd} & {q["question"] for q in anchor}
     commands = {}
@@ -159,7 +166,7 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         return sum(r["correct"] for r in recs) / len(recs)
 
     primary = {c["name"]: c for c in result["primary"]}
-    assert list(primary) == [c.name for c in cb.PRIMARY]
+    assert list(primary) == [c.name for c in presets.PRIMARY]
     by_hand = sum(acc("hytuning", s) - acc("rd_only", s) for s in (0, 1)) / 2
     accuracy = primary["hytuning vs rd_only: accuracy"]
     assert accuracy["diff"] == pytest.approx(by_hand) and accuracy["n_seeds"] == 2
@@ -242,7 +249,7 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     with open(state_file, "w") as f:  # as a resume at the final checkpoint before the trainer's fix left it
         json.dump({**state, "global_step": 3}, f)
     own = argv[: argv.index("--")]
-    partial = cb.main([*own, "--analyse"])
+    partial = cli.main([*own, "--analyse"])
     printed = capsys.readouterr().out
     assert "Partial" in printed and "Steps off the plan** (2 planned): hytuning/seed1 (3)" in printed
     assert partial["runs_off_plan"] == ["hytuning/seed1"] and partial["run_steps"]["hytuning/seed0"] == 2
@@ -251,12 +258,12 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     assert partial["table"]["rd_only"]["accuracy"]["value"] == pytest.approx(acc("rd_only", 0))
     vs_rd = {c["name"]: c for c in partial["primary"]}["hytuning vs rd_only: accuracy"]
     assert vs_rd["n_seeds"] == 1 and vs_rd["diff"] == pytest.approx(acc("hytuning", 0) - acc("rd_only", 0))
-    assert partial["wall_s"] is None and partial["runs_commits"] == [cb.git_commit()]
+    assert partial["wall_s"] is None and partial["runs_commits"] == [runner.git_commit()]
     assert os.path.exists(os.path.join(folder, "stale.txt")) and not os.path.exists(os.path.join(folder, "DONE.json"))
     assert {f: os.path.getmtime(os.path.join(data, f)) for f in os.listdir(data)} == data_stamps
     assert os.path.getsize(os.path.join(out, "reliability_grid.png")) > 0
 
-    cb.main(argv)
+    cli.main(argv)
     log = capsys.readouterr().out
     assert log.count("done before, skipped") == 7 and "rd_only seed 1: started" in log
     assert not os.path.exists(os.path.join(folder, "stale.txt")) and os.path.exists(os.path.join(folder, "DONE.json"))
@@ -269,12 +276,12 @@ def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
     """The step time is the median of the logged step times after the first, the evaluation cost per question the
     probe's logged seconds over the probe questions, read here from the calibration run's own log."""
     out = str(tmp_path / "measure")
-    args, extra = cb.parse(
+    args, extra = cli.parse(
         ["--preset", "cpu", "--output_dir", out, "--max_eval_samples", "8", "--jobs", "2", "--calibration_steps", "3"]
         + ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "16", "--eval_max_new_tokens", "16"]
     )
-    files = cb.prepare_data(args, cb.PRESETS["cpu"])
-    timing = cb.measure(args, cb.PRESETS["cpu"], files, extra, trained_dir)
+    files = runner.prepare_data(args, presets.PRESETS["cpu"])
+    timing = runner.measure(args, presets.PRESETS["cpu"], files, extra, trained_dir)
     with open(os.path.join(out, "_calibration", "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     times = [h["step_time"] for h in history if "step_time" in h]  # the first step (warm-up) is left out
@@ -286,7 +293,7 @@ def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
     # a start interrupted after the measurements resumes with them: nothing measured again, nothing lost
     log = os.path.join(out, "base_eval.log")
     stamp = os.path.getmtime(log)
-    again = cb.measure(args, cb.PRESETS["cpu"], files, extra, trained_dir, calibrate=False)
+    again = runner.measure(args, presets.PRESETS["cpu"], files, extra, trained_dir, calibrate=False)
     assert again == timing and os.path.getmtime(log) == stamp
 
 
@@ -297,28 +304,28 @@ def test_unfinished_run_with_a_checkpoint_resumes(tmp_path, monkeypatch):
     (folder / "checkpoint-10").mkdir(parents=True)
     (folder / "checkpoint-20").mkdir()
     (folder / "train.log").write_text("interrupted")
-    calls, execute = [], cb.execute
+    calls, execute = [], runner.execute
 
     def echo(cmd, log, jobs, **kw):  # the real execute, on a command that writes one line to the log
         calls.append(cmd)
         return execute([sys.executable, "-c", f"print('ran {len(calls)}')"], log, jobs, **kw)
 
-    monkeypatch.setattr(cb, "execute", echo)
-    run = cb.Run("rd_only", 0, str(folder))
+    monkeypatch.setattr(runner, "execute", echo)
+    run = runner.Run("rd_only", 0, str(folder))
     files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
     plan = {"max_steps": 40, "probe_steps": 20}
-    cb.train(run, cb.PRESETS["gate"], files, plan, [], jobs=1)
+    runner.train(run, presets.PRESETS["gate"], files, plan, [], jobs=1)
     training, anchor_eval = calls  # the run, then its answers to the anchor questions
     assert training[-2:] == ["--resume_from_checkpoint", "true"] and (folder / "checkpoint-20").exists()
     before, resumed, after = (folder / "train.log").read_text().splitlines()  # the log before it is kept
     assert (before, after) == ("interrupted", "ran 1") and resumed.endswith("] resumed")
     assert anchor_eval[anchor_eval.index("--dataset_name") + 1] == "<anchor_traces>"
     assert anchor_eval[anchor_eval.index("--output_dir") + 1] == str(folder / "calibration_anchor")
-    assert cb.PRESETS["gate"].training[cb.PRESETS["gate"].training.index("--save_steps") + 1] == "10"
+    assert presets.PRESETS["gate"].training[presets.PRESETS["gate"].training.index("--save_steps") + 1] == "10"
     fresh = tmp_path / "runs" / "rd_only" / "seed1"
     fresh.mkdir(parents=True)
     (fresh / "stale.txt").write_text("no checkpoint")
-    cb.train(cb.Run("rd_only", 1, str(fresh)), cb.PRESETS["gate"], files, plan, [], jobs=1)
+    runner.train(runner.Run("rd_only", 1, str(fresh)), presets.PRESETS["gate"], files, plan, [], jobs=1)
     assert "--resume_from_checkpoint" not in calls[-2] and not (fresh / "stale.txt").exists()
 
 
@@ -419,7 +426,7 @@ def test_collect_copies_finished_runs_small_outputs_only(tmp_path):
     for rel, text in files.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
-    cb.main(["--output_dir", str(out), "--collect", str(dest)])
+    cli.main(["--output_dir", str(out), "--collect", str(dest)])
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == [
         "base/predictions.jsonl",
@@ -451,11 +458,11 @@ def test_restore_brings_back_what_collect_copied(tmp_path, capsys):
     for rel, text in files.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
-    cb.main(["--output_dir", str(out), "--collect", str(dest)])
+    cli.main(["--output_dir", str(out), "--collect", str(dest)])
     (fresh / "validity").mkdir(parents=True)
     (fresh / "validity" / "validity.json").write_text('{"mine": true}')
     capsys.readouterr()
-    cb.main(["--preset", "evidence", "--output_dir", str(fresh), "--restore", str(dest), "--dry_run"])
+    cli.main(["--preset", "evidence", "--output_dir", str(fresh), "--restore", str(dest), "--dry_run"])
     printed = capsys.readouterr().out
     restored = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file())
     assert restored == sorted(set(files) - {"results.json", "runs/rd_only/seed0/model.safetensors"})
@@ -464,15 +471,15 @@ def test_restore_brings_back_what_collect_copied(tmp_path, capsys):
         assert (fresh / rel).read_text() == expected, rel
     assert "7 files restored" in printed and "15 runs" in printed  # then on as without it (here: the dry run)
     with pytest.raises(SystemExit, match="no such folder"):
-        cb.main(["--output_dir", str(fresh), "--restore", str(tmp_path / "nowhere"), "--dry_run"])
+        cli.main(["--output_dir", str(fresh), "--restore", str(tmp_path / "nowhere"), "--dry_run"])
 
 
 def test_reused_evaluations_must_be_of_the_data_files_questions(tmp_path):
     """Evaluations kept from an earlier start or restored must answer the questions the data files hold now, in
     order; other questions (another --data_seed, fewer --max_eval_samples) stop the run, naming the file."""
     out = tmp_path / "out"
-    args, _ = cb.parse(["--preset", "cpu", "--output_dir", str(out), "--max_eval_samples", "8"])
-    files = cb.prepare_data(args, cb.PRESETS["cpu"])
+    args, _ = cli.parse(["--preset", "cpu", "--output_dir", str(out), "--max_eval_samples", "8"])
+    files = runner.prepare_data(args, presets.PRESETS["cpu"])
     eval_rows = [json.loads(line) for line in open(files["eval_used"])]
     anchor_rows = [json.loads(line) for line in open(files["anchor_traces"])]
 
@@ -485,14 +492,14 @@ def test_reused_evaluations_must_be_of_the_data_files_questions(tmp_path):
     write("base_anchor", anchor_rows)
     write("runs/rd_only/seed0/calibration_after", eval_rows)
     write("runs/rd_only/seed0/calibration_anchor", anchor_rows)
-    cb.check_reused(str(out), files)  # the same questions: nothing to say
+    store.check_reused(str(out), files)  # the same questions: nothing to say
     write("runs/rd_only/seed0/calibration_after", [eval_rows[1], eval_rows[0], *eval_rows[2:]])
     with pytest.raises(SystemExit, match=r"rd_only/seed0/calibration_after/predictions.jsonl .* question 0\)"):
-        cb.check_reused(str(out), files)
+        store.check_reused(str(out), files)
     write("runs/rd_only/seed0/calibration_after", eval_rows)
     write("base", eval_rows[:7])
     with pytest.raises(SystemExit, match=r"base/predictions.jsonl .*\(7 against 8, first difference at question 7\)"):
-        cb.check_reused(str(out), files)
+        store.check_reused(str(out), files)
 
 
 def test_run_commit_recorded_or_read_from_the_runs_checkout(tmp_path):
@@ -508,17 +515,73 @@ def test_run_commit_recorded_or_read_from_the_runs_checkout(tmp_path):
     subprocess.run(git + ["-C", str(repo), "commit", "-qm", "fixed"], check=True)
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-    def run_with(done: dict, name: str) -> cb.Run:
+    def run_with(done: dict, name: str) -> runner.Run:
         folder = tmp_path / name
         folder.mkdir()
         (folder / "DONE.json").write_text(json.dumps(done))
-        return cb.Run("hytuning", 0, str(folder))
+        return runner.Run("hytuning", 0, str(folder))
 
     command = ["python", str(repo / "examples" / "train_medqa.py"), "--seed", "0"]
-    assert cb.run_commit(run_with({"command": command, "commit": "abc123"}, "recorded")) == "abc123"
-    read = cb.run_commit(run_with({"command": command}, "old"))
+    assert runner.run_commit(run_with({"command": command, "commit": "abc123"}, "recorded")) == "abc123"
+    read = runner.run_commit(run_with({"command": command}, "old"))
     assert read == f"{sha} (read from {repo / 'examples'} at analysis, not recorded by the run)"
     (repo / "examples" / "train_medqa.py").write_text("print('changed')\n")
-    assert cb.run_commit(run_with({"command": command}, "dirty")).startswith(f"{sha}+uncommitted (read from")
+    assert runner.run_commit(run_with({"command": command}, "dirty")).startswith(f"{sha}+uncommitted (read from")
     gone = ["python", str(tmp_path / "elsewhere" / "train_medqa.py")]
-    assert cb.run_commit(run_with({"command": gone}, "gone")) == "not recorded"
+    assert runner.run_commit(run_with({"command": gone}, "gone")) == "not recorded"
+
+
+def test_premise_evaluates_checkpoints_with_every_estimator(tmp_path, trained_dir, capsys):
+    """The premise preset on the tiny model, one seed, checkpoints 2 and 4: each checkpoint evaluated single pass on
+    every eval question (the last one's is the run's calibration_after) and with samples on the sampled ones; the
+    per-checkpoint table's accuracy, maj@k and AUROCs recomputed here from the predictions (sklearn); collect and
+    restore carry the checkpoint evaluations; a rerun evaluates nothing again."""
+    import synthetic_task
+    from sklearn.metrics import roc_auc_score
+
+    from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS, estimator_confidences
+
+    out = str(tmp_path / "premise")
+    splits = synthetic_task.generate(3, n_traces=16, n_unlabeled=32, n_eval=16)  # small: 12 RD traces + 4 anchor
+    data = {}
+    for name in ("traces", "unlabeled", "eval"):
+        data[name] = str(tmp_path / f"{name}.jsonl")
+        runner.write_jsonl(data[name], splits[name])
+    argv = ["--preset", "premise", "--seeds", "1", "--max_steps", "4", "--checkpoint_steps", "2", "4"]
+    argv += ["--train_file", data["unlabeled"], "--eval_file", data["eval"], "--traces_file", data["traces"]]
+    argv += ["--n_bootstrap", "100", "--jobs", "1", "--output_dir", out]
+    argv += ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "24", "--eval_max_new_tokens", "24"]
+    argv += ["--learning_rate", "1e-3", "--save_steps", "2"]
+    result = cli.main(argv)
+    capsys.readouterr()
+    run = os.path.join(out, "runs", "rd_only", "seed0")
+    premise = result["premise"]
+    assert premise["checkpoint_steps"] == [2, 4] and premise["last_step"] == 4
+    assert not os.path.exists(os.path.join(run, "premise", "step4", "full"))  # calibration_after serves
+    for step in (2, 4):
+        full = _predictions(os.path.join(run, "premise", f"step{step}", "full") if step == 2 else
+                            os.path.join(run, "calibration_after"))  # fmt: skip
+        sampled = _predictions(os.path.join(run, "premise", f"step{step}", "sampled"))
+        assert len(full) == 16 and len(sampled) == 16 and all(len(r["samples"]) == 4 for r in sampled)
+        row = premise["per_run"]["rd_only/seed0"][str(step)]
+        correct = [r["correct"] for r in full]
+        assert row["accuracy"] == pytest.approx(sum(correct) / 16) and row["errors"] == 16 - sum(correct)
+        assert row["maj_at_k"] == pytest.approx(sum(r["majority"] == r["gold"] for r in sampled) / 16)
+        for name in ESTIMATORS:
+            recs = sampled if name in SAMPLED_ESTIMATORS else full
+            y = [r["correct"] for r in recs]
+            if 0 < sum(y) < len(y):
+                scores = [estimator_confidences(r)[name] for r in recs]
+                assert row["auroc"][name]["value"] == pytest.approx(roc_auc_score(y, scores)), (step, name)
+    assert set(premise["against_after_reasoning"]) == set(ESTIMATORS[1:])
+    assert "The premise" in open(os.path.join(out, "results.md")).read()
+    kept = tmp_path / "kept"
+    copied = store.collect(out, str(kept))
+    assert os.path.join("runs", "rd_only", "seed0", "premise", "step2", "sampled", "predictions.jsonl") in copied
+    fresh = tmp_path / "fresh"
+    restored = store.restore(str(kept), str(fresh))
+    assert os.path.join("runs", "rd_only", "seed0", "premise", "step4", "sampled", "predictions.jsonl") in restored
+    before = os.path.getmtime(os.path.join(run, "premise", "step2", "sampled", "predictions.jsonl"))
+    cli.main(argv)  # resumed: the run is done, its evaluations are there
+    capsys.readouterr()
+    assert os.path.getmtime(os.path.join(run, "premise", "step2", "sampled", "predictions.jsonl")) == before

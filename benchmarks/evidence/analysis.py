@@ -1,0 +1,274 @@
+"""The analysis of the evidence harness: per-arm metrics with bootstrap intervals (``_bootstrap.py``), raw and after
+post-hoc temperature scaling, the gate, the primary comparisons fixed in :data:`~evidence.presets.PRIMARY`, every
+other difference marked exploratory, and what an interval shows in words. It computes; :mod:`evidence.report`
+writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from .presets import ADAPTIVE, CONSTANT, GATE_POINTS, METRICS, PRIMARY, REFERENCES, Comparison, Preset, resolve
+from .runner import Run, _done, git_commit, rd_weights, read_jsonl, run_commit, trainer_state
+
+
+def records(path: str) -> list[dict]:
+    return read_jsonl(os.path.join(path, "predictions.jsonl"))
+
+
+def scaled(raw: list[dict], anchor: list[dict]) -> tuple[float, list[dict]]:
+    """Post-hoc temperature scaling: T fitted on the model's anchor answers, applied to its eval answers. A T at a
+    bound of the fit (no wrong anchor answer: 0.05) is kept, as a calibration engineer with these questions would
+    get it, and flagged in the report (``temperatures_at_bound``) instead of warned about here."""
+    import warnings
+
+    from hytuning_trl import fit_records_temperature, temperature_scaled_records
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t = fit_records_temperature(anchor)
+    return t, temperature_scaled_records(raw, t)
+
+
+def analyse(
+    args, runs: list[Run], plan: dict, timing: dict, files: dict, missing: list[str] | None = None
+) -> tuple[dict, list[dict], dict[str, dict[int, list[dict]]]]:
+    """Tables and comparisons of ``runs`` (finished) under ``--output_dir``; ``missing`` names the preset's runs left
+    out (``--analyse`` before the preset has finished). Returns the result (``results.json``), and the base model's
+    and each run's evaluation records that :func:`evidence.report.write` draws the figures from."""
+    from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
+
+    from hytuning_trl import temperature_at_bound
+
+    out = args.output_dir
+    base = records(os.path.join(out, "base"))
+    by_arm: dict[str, dict[int, list[dict]]] = {}
+    for r in runs:
+        by_arm.setdefault(r.arm, {})[r.seed] = records(os.path.join(r.folder, "calibration_after"))
+    for arm, seeds in by_arm.items():
+        for s, recs in seeds.items():
+            if [x["question"] for x in recs] != [x["question"] for x in base]:
+                raise RuntimeError(f"{arm} seed {s} was evaluated on other questions than the base model.")
+    # the same models after post-hoc temperature scaling, each with its own T from its anchor answers
+    temperatures = {}
+    temperatures["base"], base_t = scaled(base, records(os.path.join(out, "base_anchor")))
+    by_arm_t: dict[str, dict[int, list[dict]]] = {}
+    for r in runs:
+        t, recs = scaled(by_arm[r.arm][r.seed], records(os.path.join(r.folder, "calibration_anchor")))
+        temperatures[f"{r.arm}/seed{r.seed}"] = t
+        by_arm_t.setdefault(r.arm, {})[r.seed] = recs
+    n_boot = args.n_bootstrap
+
+    def summary(base_recs, arms) -> dict:
+        table = {"base": {m: metric_interval(m, [base_recs], n_boot) for m in METRICS}}
+        table["base"]["stated_rate"] = sum(x["stated"] for x in base_recs) / len(base_recs)
+        for arm, seeds in arms.items():
+            recs = [seeds[s] for s in sorted(seeds)]
+            table[arm] = {m: metric_interval(m, recs, n_boot) for m in METRICS}
+            table[arm]["stated_rate"] = statistics.mean(sum(x["stated"] for x in r) / len(r) for r in recs)
+            table[arm]["seeds"] = sorted(seeds)
+        return table
+
+    table, table_scaled = summary(base, by_arm), summary(base_t, by_arm_t)
+
+    def difference(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict:
+        """``metric(b) - metric(a)`` on paired seeds: two-stage bootstrap with several, over questions with one."""
+        if len(a) > 1:
+            res = two_stage_bootstrap(metric, a, b, n_boot)
+        else:
+            res = {**paired_bootstrap(metric, a[0], b[0], n_boot), "n_seeds": 1}
+        return {**res, "excludes_0": _excludes_zero(res)}
+
+    def compare(c: Comparison) -> dict:
+        a = (by_arm_t if c.reference_scaled else by_arm)[c.reference]
+        b = (by_arm_t if c.arm_scaled else by_arm)[c.arm]
+        common = sorted(set(a) & set(b))
+        res = difference(c.metric, [a[s] for s in common], [b[s] for s in common])
+        row = {"name": c.name, "arm": c.arm, "reference": c.reference, "arm_scaled": c.arm_scaled}
+        row.update(reference_scaled=c.reference_scaled, primary=c in PRIMARY, **res)
+        row["reading"] = reading(row, c.margin)
+        if c.margin is not None:
+            row.update(margin=c.margin, non_inferior=bool(res["ci95"][0] > c.margin))
+        return row
+
+    primary = [compare(c) for c in PRIMARY if c.arm in by_arm and c.reference in by_arm]
+    pairs = [(arm, ref) for ref in REFERENCES if ref in by_arm for arm in by_arm if arm != ref]
+    if ADAPTIVE in by_arm and CONSTANT in by_arm:
+        pairs.append((ADAPTIVE, CONSTANT))  # is the adaptive weight worth anything, on every metric?
+    exploratory = [Comparison(a, ref, m, scale, scale) for a, ref in pairs for scale in (False, True) for m in METRICS]
+    named = {c.name for c in PRIMARY}  # a primary comparison is bootstrapped and listed once, margin or not
+    comparisons = [compare(c) for c in exploratory if c.name not in named]
+    against_base = []
+    for arm in by_arm:
+        for scale, (base_recs, arms) in enumerate([(base, by_arm), (base_t, by_arm_t)]):
+            recs = [arms[arm][s] for s in sorted(arms[arm])]
+            for m in METRICS:
+                res = difference(m, [base_recs] * len(recs), recs)
+                against_base.append({"arm": arm, "reference": "base", "scaled": bool(scale), **res})
+
+    adaptive = [w for r in runs if r.arm == ADAPTIVE for _, w in rd_weights(r)]
+    span = (max(adaptive) - min(adaptive)) if adaptive else None
+    rd_moves = [c for c in against_base if c["arm"] == "rd_only" and not c["scaled"] and c["excludes_0"]]
+    move = {
+        "adaptive_rd_weight_span": span,
+        "rd_only_vs_base_excluding_0": [c["metric"] for c in rd_moves],
+        "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
+    }
+    seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
+    steps = {f"{r.arm}/seed{r.seed}": trainer_state(r)["global_step"] for r in runs}
+    result = {
+        "commit": git_commit(),
+        "runs_commits": sorted({run_commit(r) for r in runs}),
+        "partial": bool(missing),
+        "runs_missing": missing or [],
+        "gate": gate(base, by_arm.get("rd_only"), against_base),
+        "plan": plan,
+        "timing": timing,
+        "n_questions": len(base),
+        "n_anchor_questions": len(read_jsonl(files["anchor_traces"])),
+        "table": table,
+        "table_scaled": table_scaled,
+        "temperatures": temperatures,
+        "temperatures_at_bound": [k for k, t in temperatures.items() if temperature_at_bound(t)],
+        "primary": primary,
+        "comparisons": comparisons,
+        "against_base": against_base,
+        "metrics_move": move,
+        "run_seconds": seconds,
+        "run_steps": steps,
+        "runs_off_plan": [k for k, n in steps.items() if n != plan["max_steps"]],
+        "wall_s": None if args.analyse else round(time.time() - args.started, 1),  # --analyse: the runs' is unknown
+        "validity": _validity(out),
+        "files": files,
+    }
+    preset = resolve(args)
+    if preset.checkpoint_steps:
+        result["premise"] = premise(runs, preset, plan, n_boot)
+    return result, base, by_arm
+
+
+def reading(row: dict, margin: float | None = None) -> str:
+    """What an interval shows, in words: which side it favours (accuracy and AUROC up, Brier and ECE down are
+    better), or, with a margin, whether non-inferiority is shown."""
+    low, high = row["ci95"]
+    if low != low or high != high:
+        return "no interval (a resample had one class only)"
+    if margin is not None:
+        return "non-inferior" if low > margin else f"non-inferiority not shown (lower bound {low:.3f} <= {margin})"
+    higher_better = row["metric"] in ("accuracy", "auroc")
+    if _excludes_zero(row):
+        arm_better = (low > 0) == higher_better
+        return f"{row['arm']} better" if arm_better else f"{row['reference']} better"
+    return "no difference shown"
+
+
+def gate(base: list[dict], rd_only: dict | None, against_base: list[dict]) -> dict | None:
+    """``{base, rd_only, difference, interval, passed}`` on accuracy: the base model's, rd_only's (mean over its
+    seeds), their paired difference and its 95% interval; passed = difference >= GATE_POINTS and interval above 0."""
+    if not rd_only:
+        return None
+    [diff] = [c for c in against_base if c["arm"] == "rd_only" and c["metric"] == "accuracy" and not c["scaled"]]
+    accuracy = [sum(r["correct"] for r in recs) / len(recs) for recs in rd_only.values()]
+    return {
+        "base": sum(r["correct"] for r in base) / len(base),
+        "rd_only": sum(accuracy) / len(accuracy),
+        "difference": diff["diff"],
+        "interval": diff["ci95"],
+        "n_seeds": len(accuracy),
+        "threshold": GATE_POINTS,
+        "passed": bool(diff["diff"] >= GATE_POINTS and diff["ci95"][0] > 0),
+    }
+
+
+def _validity(out: str) -> dict | None:
+    path = os.path.join(out, "validity", "validity.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _excludes_zero(res: dict) -> bool:
+    low, high = res["ci95"]
+    return bool(low == low and high == high and (low > 0 or high < 0))
+
+
+#: The premise's bar (issue 34): an estimator sees what ``after_reasoning`` misses when its AUROC is higher by at
+#: least this much at the last checkpoint, with the interval of the difference above 0.
+PREMISE_MARGIN = 0.05
+
+
+def as_estimator(recs: list[dict], name: str) -> list[dict]:
+    """The records with ``confidence`` replaced by estimator ``name``'s (:mod:`hytuning_trl.estimators`), for the
+    bootstrap, which reads ``confidence``."""
+    from hytuning_trl.estimators import estimator_confidences
+
+    return [{**r, "confidence": estimator_confidences(r)[name]} for r in recs]
+
+
+def premise_records(run: Run, step: int, plan: dict) -> tuple[list[dict], list[dict]]:
+    """``(all eval questions, single pass; the sampled questions, with samples)`` of ``run``'s checkpoint ``step``
+    (:func:`evidence.runner.checkpoint_evaluations`: the last step's single pass is the run's own
+    ``calibration_after``)."""
+    folder = os.path.join(run.folder, "premise", f"step{step}")
+    full = os.path.join(run.folder, "calibration_after") if step == plan["max_steps"] else os.path.join(folder, "full")
+    return records(full), records(os.path.join(folder, "sampled"))
+
+
+def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
+    """Issue 34's premise: once RD has converged, does any label-free estimator still see the errors?
+
+    Per run and checkpoint: accuracy (greedy, all eval questions), errors, maj@k and accuracy on the sampled
+    questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
+    (single-pass estimators on all eval questions, sampled ones on the sampled questions). At the last checkpoint,
+    over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
+    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0."""
+    from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
+
+    from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS
+
+    def on(name: str, full: list[dict], sampled: list[dict]) -> list[dict]:
+        return as_estimator(sampled if name in SAMPLED_ESTIMATORS else full, name)
+
+    per_run: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        rows = per_run.setdefault(f"{r.arm}/seed{r.seed}", {})
+        for step in preset.checkpoint_steps:
+            full, sampled = premise_records(r, step, plan)
+            rows[str(step)] = {
+                "accuracy": sum(x["correct"] for x in full) / len(full),
+                "errors": sum(not x["correct"] for x in full),
+                "n_questions": len(full),
+                "n_sampled": len(sampled),
+                "accuracy_sampled": sum(x["correct"] for x in sampled) / len(sampled),
+                "maj_at_k": sum(x["majority"] == x["gold"] for x in sampled) / len(sampled),
+                "auroc": {name: metric_interval("auroc", [on(name, full, sampled)], n_boot) for name in ESTIMATORS},
+            }
+    last = max(preset.checkpoint_steps)
+    against = {}
+    for name in ESTIMATORS[1:]:
+        pairs = []
+        for r in runs:
+            full, sampled = premise_records(r, last, plan)
+            recs = sampled if name in SAMPLED_ESTIMATORS else full
+            pairs.append((as_estimator(recs, "after_reasoning"), as_estimator(recs, name)))
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+        res = (
+            two_stage_bootstrap("auroc", a, b, n_boot)
+            if len(a) > 1
+            else {**paired_bootstrap("auroc", a[0], b[0], n_boot), "n_seeds": 1}
+        )
+        sees = bool(res["diff"] >= PREMISE_MARGIN and res["ci95"][0] > 0)
+        against[name] = {**res, "sees_more": sees}
+    return {
+        "checkpoint_steps": list(preset.checkpoint_steps),
+        "num_samples": preset.num_samples,
+        "sample_temperature": preset.sample_temperature,
+        "per_run": per_run,
+        "last_step": last,
+        "margin": PREMISE_MARGIN,
+        "against_after_reasoning": against,
+        "some_estimator_sees_more": any(v["sees_more"] for v in against.values()),
+    }

@@ -1,0 +1,244 @@
+"""The report of the evidence harness: ``results.json``, ``results.md``, ``curves.png`` and ``reliability_grid.png``
+from what :func:`evidence.analysis.analyse` computed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from .analysis import reading
+from .presets import ADAPTIVE, ARMS, METRICS
+from .runner import Run, log_history, read_jsonl
+
+
+def _fmt(x, digits=3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
+
+
+def _ci(res: dict) -> str:
+    return f"[{_fmt(res['ci95'][0])}, {_fmt(res['ci95'][1])}]"
+
+
+def markdown(result: dict, args) -> str:
+    plan, lines = result["plan"], []
+    lines.append(f"Command: `python benchmarks/compare_baselines.py {' '.join(args.argv)}`\n")
+    if result["partial"]:
+        lines.append(
+            f"**Partial**: {len(result['runs_missing'])} of the preset's runs not finished and left out "
+            f"({', '.join(result['runs_missing'])}); arms with fewer seeds than planned, intervals to match.\n"
+        )
+    lines.append(f"Runs made at commit(s) {', '.join(result['runs_commits'])}; analysed at {result['commit']}.\n")
+    if result["runs_off_plan"]:
+        off = ", ".join(f"{k} ({result['run_steps'][k]})" for k in result["runs_off_plan"])
+        lines.append(f"**Steps off the plan** ({plan['max_steps']} planned): {off}.\n")
+    wall = "n/a (analysed afterwards)" if result["wall_s"] is None else f"{result['wall_s'] / 60:.1f} min"
+    lines.append(
+        f"{result['n_questions']} eval questions; {plan['max_steps']} steps per run, probe every "
+        f"{plan['probe_steps']}; wall {wall}. Better: accuracy and AUROC up, Brier and ECE "
+        "down. Intervals: 95% bootstrap (questions; seeds then questions for several seeds). With 3 seeds the seed "
+        "stage has only 10 distinct resamples.\n"
+    )
+    if result["gate"]:
+        g = result["gate"]
+        lines.append(
+            f"Gate (rd_only against the base model on accuracy, needs >= +{g['threshold']:.2f} with the interval "
+            f"above 0): base {_fmt(g['base'])}, rd_only {_fmt(g['rd_only'])}, difference {_fmt(g['difference'])} "
+            f"[{_fmt(g['interval'][0])}, {_fmt(g['interval'][1])}] -> {'PASSED' if g['passed'] else 'NOT PASSED'}.\n"
+        )
+    for key, title in (("table", "Raw"), ("table_scaled", "Temperature-scaled")):
+        n_anchor = result["n_anchor_questions"]
+        note = f" (one T per model, fitted on its answers to the {n_anchor} anchor questions)"
+        note = note if key == "table_scaled" else ""
+        lines.append(f"{title}{note}:\n")
+        lines.append("| arm | seeds | " + " | ".join(METRICS) + " | stated |")
+        lines.append("|---" * (len(METRICS) + 3) + "|")
+        for arm, row in result[key].items():
+            cells = [f"{_fmt(row[m]['value'])} {_ci(row[m])}" for m in METRICS]
+            seeds, stated = len(row.get("seeds", [0])), _fmt(row["stated_rate"], 2)
+            lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + f" | {stated} |")
+        lines.append("")
+    temps = ", ".join(f"{k} {v:.2f}" for k, v in result["temperatures"].items())
+    lines.append(f"Temperatures: {temps}.\n")
+    if result.get("temperatures_at_bound"):
+        lines.append(
+            f"At a bound of the fit: {', '.join(result['temperatures_at_bound'])} (every anchor answer right, or none "
+            "informative: the NLL has no minimum inside the bounds, so the scaled confidences say more about the "
+            "bound than about the model; 16 questions are few).\n"
+        )
+    lines.append("Primary comparisons (fixed in the script before the run; difference = arm - reference):\n")
+    if result["primary"]:
+        lines += _comparison_table(result["primary"])
+    else:
+        lines.append("None yet: the arms they compare have not both finished a run.")
+    lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")
+    lines.append("Against the base model:\n")
+    lines += _comparison_table(result["against_base"])
+    refs = ", ".join(dict.fromkeys(c["reference"] for c in result["comparisons"])) or "none finished"
+    lines.append(f"\nAgainst the references ({refs}; raw against raw, scaled against scaled):\n")
+    lines += _comparison_table(result["comparisons"])
+    move = result["metrics_move"]
+    lines.append(
+        f"\nDo the metrics move? {ADAPTIVE} rd_weight span {_fmt(move['adaptive_rd_weight_span'])} (needs >= 0.1); "
+        f"rd_only against base excludes 0 on: {', '.join(move['rd_only_vs_base_excluding_0']) or 'nothing'} -> "
+        f"{'yes' if move['metrics_move'] else 'NO: raise the learning rate or the steps before reading anything'}."
+    )
+    if result.get("premise"):
+        lines += premise_markdown(result["premise"])
+    if result["validity"]:
+        lines.append("\nPRG validity under the base model (gold traces against corrupted ones):\n")
+        lines.append("| corruption | n | AUROC | 95% CI |\n|---|---|---|---|")
+        for row in result["validity"]["validity"]:
+            ci = _ci(row) if row.get("ci95") else "n/a"
+            lines.append(f"| {row['corruption']} | {row['n']} | {_fmt(row['auroc'])} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def premise_markdown(premise: dict) -> list[str]:
+    """The premise's tables: per run and checkpoint, accuracy, maj@k and each estimator's AUROC with its interval;
+    then, at the last checkpoint, each estimator against ``after_reasoning``."""
+    from hytuning_trl.estimators import ESTIMATORS
+
+    k = premise["num_samples"]
+    lines = [
+        "\nThe premise: every estimator at each checkpoint (AUROC for greedy correctness, 95% interval over "
+        f"questions; sampled estimators and maj@{k} on the sampled questions, {k} samples at temperature "
+        f"{premise['sample_temperature']}):\n",
+        f"| run | step | accuracy | errors | maj@{k} | " + " | ".join(ESTIMATORS) + " |",
+        "|---" * (len(ESTIMATORS) + 5) + "|",
+    ]
+    for run, steps in premise["per_run"].items():
+        for step, row in steps.items():
+            cells = [f"{_fmt(row['auroc'][n]['value'])} {_ci(row['auroc'][n])}" for n in ESTIMATORS]
+            lines.append(
+                f"| {run} | {step} | {_fmt(row['accuracy'])} | {row['errors']}/{row['n_questions']} | "
+                f"{_fmt(row['maj_at_k'])} | " + " | ".join(cells) + " |"
+            )
+    lines.append(
+        f"\nAt step {premise['last_step']}, each estimator's AUROC minus after_reasoning's on the same questions "
+        f"(sees more: >= {premise['margin']} with the interval above 0):\n"
+    )
+    lines.append("| estimator | difference | 95% CI | seeds | sees more |\n|---|---|---|---|---|")
+    for name, res in premise["against_after_reasoning"].items():
+        lines.append(f"| {name} | {_fmt(res['diff'])} | {_ci(res)} | {res['n_seeds']} | {res['sees_more']} |")
+    verdict = premise["some_estimator_sees_more"]
+    lines.append(
+        "\n"
+        + (
+            "A label-free estimator sees errors that after_reasoning misses."
+            if verdict
+            else "No label-free estimator beats after_reasoning by the margin: the calibration loss has nothing to "
+            "teach toward at this scale."
+        )
+    )
+    return lines
+
+
+def _comparison_table(rows: list[dict]) -> list[str]:
+    out = ["| arm | reference | metric | difference | 95% CI | seeds | reading |", "|---|---|---|---|---|---|---|"]
+    for c in rows:
+        arm = c["arm"] + (" (T)" if c.get("arm_scaled") or c.get("scaled") else "")
+        ref = c["reference"] + (" (T)" if c.get("reference_scaled") or c.get("scaled") else "")
+        text = c.get("reading") or reading(c)
+        out.append(f"| {arm} | {ref} | {c['metric']} | {_fmt(c['diff'])} | {_ci(c)} | {c['n_seeds']} | {text} |")
+    return out
+
+
+def curves(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, list[dict]]], files: dict) -> None:
+    """rd_weight, anchor gain and anchor accuracy per logged step; probe accuracy, ECE and mean confidence at step 0
+    (base), at each probe, and at the end (the final evaluation restricted to the probe questions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hytuning_trl.calibration import expected_calibration_error
+
+    probe = {q["question"] for q in read_jsonl(files["probe"])}
+
+    def on_probe(recs):
+        """Accuracy, ECE and mean confidence of ``recs`` on the probe questions."""
+        sub = [r for r in recs if r["question"] in probe]
+        if not sub:
+            return None, None, None
+        conf, correct = [r["confidence"] for r in sub], [r["correct"] for r in sub]
+        return sum(correct) / len(sub), expected_calibration_error(conf, correct), sum(conf) / len(sub)
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8), constrained_layout=True)
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    at_base = on_probe(base)
+    probed = ("accuracy", "ece", "mean_confidence")
+    for r in runs:
+        hist, c = log_history(r), colours[r.arm]
+        label = r.arm if r.seed == 0 else None
+        logged = {
+            key: [(h["step"], h[f"hytuning/{key}"]) for h in hist if f"hytuning/{key}" in h]
+            for key in ("rd_weight", "anchor_gain", "anchor_accuracy")
+        }
+        for ax, key in zip(axes[0], logged):
+            if logged[key]:
+                ax.plot(*zip(*logged[key]), color=c, marker="." if key != "rd_weight" else None, alpha=0.8,
+                        label=label)  # fmt: skip
+        probes = [(h["step"], *(h.get(f"eval_calibration/{k}") for k in probed)) for h in hist
+                  if "eval_calibration/accuracy" in h]  # fmt: skip
+        last = max([h["step"] for h in hist if "step" in h], default=0)
+        pts = [(0, *at_base), *probes]
+        if not probes or probes[-1][0] != last:  # a probe at the last step saw the same model on the same questions
+            pts.append((last, *on_probe(by_arm[r.arm][r.seed])))
+        for i, ax in enumerate(axes[1], start=1):
+            ax.plot([p[0] for p in pts], [p[i] for p in pts], color=c, marker="o", alpha=0.8, label=label)
+    titles = ["rd_weight", "anchor gain G (own reasoning)", "anchor accuracy (own reasoning)", "probe accuracy",
+              "probe ECE", "probe mean confidence"]  # fmt: skip
+    for ax, title in zip(axes.flat, titles):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.savefig(os.path.join(out, "curves.png"), dpi=110)
+    plt.close(fig)
+
+
+def grid(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, list[dict]]]) -> None:
+    """The reliability diagrams of the base model and of each arm's first seed, side by side: the evaluation's own
+    PNGs, or drawn again from the predictions where they are missing (``--collect`` copies no PNG)."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hytuning_trl import reliability_diagram
+
+    seed0 = {}
+    for r in runs:
+        if r.arm not in seed0 or r.seed < seed0[r.arm].seed:
+            seed0[r.arm] = r
+    entries = [("base model", os.path.join(out, "base"), base)]
+    entries += [(f"{r.arm} (seed {r.seed})", os.path.join(r.folder, "calibration_after"), by_arm[r.arm][r.seed])
+                for r in seed0.values()]  # fmt: skip
+    cols = 4
+    rows = math.ceil(len(entries) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.5 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (ax, (title, folder, recs)) in enumerate(zip(axes.flat, entries)):
+            png = os.path.join(folder, "reliability.png")
+            if not os.path.exists(png):
+                png = os.path.join(tmp, f"{i}.png")
+                reliability_diagram([x["confidence"] for x in recs], [x["correct"] for x in recs], png, title=title)
+            ax.imshow(plt.imread(png))
+            ax.set_title(title)
+    fig.savefig(os.path.join(out, "reliability_grid.png"), dpi=100)
+    plt.close(fig)
+
+
+def write(out: str, result: dict, args, runs: list[Run], base: list[dict], by_arm: dict, files: dict) -> dict:
+    """``results.json``, ``results.md``, ``curves.png`` and ``reliability_grid.png`` in ``out``; returns ``result``."""
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(result, args))
+    curves(out, runs, base, by_arm, files)
+    grid(out, runs, base, by_arm)
+    return result

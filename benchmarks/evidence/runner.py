@@ -1,0 +1,410 @@
+"""The runner of the evidence harness: the data files every run reads, the plan (steps that fit a budget), the runs as
+real ``examples/train_medqa.py`` processes with their checkpoints and resume, the anchor evaluations, and what a run
+left behind (its state, its commit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .presets import _NULL_HUB, ADAPTIVE, ARMS, CONSTANT, REFERENCES, ROOT, SCRIPT, Preset, resolve
+
+_print_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    with _print_lock:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def derived_files(args: argparse.Namespace) -> dict[str, str]:
+    """Where :func:`prepare_data` writes the files every run reads (the probe: ``--probe_file`` when given;
+    ``sampled``: the eval questions the sampled estimators are measured on, for presets with ``checkpoint_steps``)."""
+    data = os.path.join(args.output_dir, "data")
+    names = ("rd_traces", "anchor_traces", "eval_used", "probe") + (
+        ("sampled",) if resolve(args).checkpoint_steps else ()
+    )
+    files = {k: os.path.join(data, f"{k}.jsonl") for k in names}
+    if args.probe_file:
+        files["probe"] = args.probe_file
+    return files
+
+
+def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
+    """The files every run reads; the traces split once into RD and anchor traces (fixed permutation, seed 0)."""
+    data = os.path.join(args.output_dir, "data")
+    os.makedirs(data, exist_ok=True)
+    files = {"train": args.train_file, "eval": args.eval_file, "traces": args.traces_file}
+    if not all(files.values()):
+        import synthetic_task
+
+        splits = synthetic_task.generate(args.data_seed, n_traces=preset.n_traces, n_eval=preset.n_eval)
+        for name, key in (("unlabeled", "train"), ("eval", "eval"), ("traces", "traces")):
+            if not files[key]:
+                files[key] = os.path.join(data, f"{name}.jsonl")
+                write_jsonl(files[key], splits[name])
+    for key, path in files.items():
+        if not os.path.exists(path):
+            raise SystemExit(f"--{key}_file {path} does not exist.")
+    traces = read_jsonl(files["traces"])
+    n_anchor = min(preset.anchor_size, len(traces) // 4)
+    if n_anchor < 1:
+        raise SystemExit(f"--traces_file has {len(traces)} traces; the anchor needs at least 4 (one held out).")
+    order = list(range(len(traces)))
+    random.Random(0).shuffle(order)
+    held = set(order[:n_anchor])
+    files.update(derived_files(args))
+    write_jsonl(files["rd_traces"], [t for i, t in enumerate(traces) if i not in held])
+    write_jsonl(files["anchor_traces"], [t for i, t in enumerate(traces) if i in held])
+    eval_rows = read_jsonl(files["eval"])[: args.max_eval_samples or None]
+    files["n_eval"] = str(len(eval_rows))
+    write_jsonl(files["eval_used"], eval_rows)
+    if not args.probe_file:
+        write_jsonl(files["probe"], eval_rows[: preset.n_probe])
+    if "sampled" in files:
+        write_jsonl(files["sampled"], eval_rows[: preset.n_sampled])
+    say(
+        f"data: {len(read_jsonl(files['train']))} unlabeled, {len(traces) - n_anchor} RD traces + {n_anchor} anchor, "
+        f"{len(eval_rows)} eval, {len(read_jsonl(files['probe']))} probe questions"
+    )
+    return files
+
+
+@dataclass
+class Run:
+    arm: str
+    seed: int
+    folder: str
+
+    @property
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.folder, "DONE.json"))
+
+
+def plan_runs(preset: Preset, args: argparse.Namespace) -> list[Run]:
+    """The adaptive arm first (the constant arm copies its mean rd_weight), the references next, the constant arm
+    last; within an arm, seed 0 first."""
+    arms = [a for a in ARMS if a in preset.seeds and (not args.arms or a in args.arms)]
+    arms.sort(key=lambda a: (a != ADAPTIVE, a not in REFERENCES, a == CONSTANT))
+    runs = []
+    for arm in arms:
+        n = args.seeds if args.seeds is not None else preset.seeds[arm]
+        runs += [Run(arm, s, os.path.join(args.output_dir, "runs", arm, f"seed{s}")) for s in range(n)]
+    return runs
+
+
+def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], rd_weight: float | None):
+    cmd = [sys.executable, SCRIPT, *preset.training, *_NULL_HUB]
+    cmd += [
+        "--train_file",
+        files["train"],
+        "--distill_file",
+        files["rd_traces"],
+        "--anchor_file",
+        files["anchor_traces"],
+    ]
+    cmd += ["--eval_file", files["eval_used"], "--max_eval_samples", files["n_eval"], "--eval_before", "false"]
+    cmd += ["--eval_max_new_tokens", str(preset.max_new_tokens), "--allow_sample_traces", "true"]
+    cmd += ["--probe_file", files["probe"], "--probe_steps", str(plan["probe_steps"])]
+    cmd += ["--max_steps", str(plan["max_steps"]), "--seed", str(run.seed), "--output_dir", run.folder]
+    cmd += ARMS[run.arm] + (["--rd_weight", f"{rd_weight:.4f}"] if run.arm == CONSTANT else [])
+    if preset.model:
+        cmd += ["--model_name_or_path", preset.model]
+    return cmd + extra
+
+
+def thread_env(jobs: int) -> dict:
+    """The cores shared among ``jobs`` lanes, or ``OMP_NUM_THREADS`` as the caller set it (to leave cores free)."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def execute(cmd: list[str], log: str, jobs: int, append: bool = False) -> float:
+    """Run ``cmd`` with its output in ``log`` (after what is there with ``append``, as a resumed run does, so the log
+    of the steps before the interruption is kept); raise with the log's tail if it fails. Returns the wall seconds."""
+    start = time.time()
+    with open(log, "a" if append else "w") as f:
+        if append and f.tell():  # the interrupted process may have stopped mid-line (a progress bar)
+            f.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] resumed\n")
+            f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(jobs), cwd=ROOT)
+    if proc.returncode:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return time.time() - start
+
+
+def evaluate_command(model: str, questions: str, folder: str, preset: Preset, samples: bool = False) -> list[str]:
+    """``hytuning-eval`` of ``model`` on ``questions`` into ``folder`` (greedy, the preset's length and batch; with
+    ``samples``, also the preset's ``num_samples`` sampled completions per question at ``sample_temperature``)."""
+    cmd = cli_command("main") + ["--model_name_or_path", model, "--dataset_name", questions, "--output_dir", folder]
+    cmd += ["--max_new_tokens", str(preset.max_new_tokens), "--batch_size", str(preset.eval_batch_size)]
+    if samples:
+        cmd += ["--num_samples", str(preset.num_samples), "--sample_temperature", str(preset.sample_temperature)]
+    return cmd
+
+
+def checkpoint_evaluations(run: Run, preset: Preset, plan: dict) -> list[tuple[int, str, str, bool]]:
+    """``(step, model folder, output folder, sampled)`` of each evaluation the premise asks of ``run``: every
+    ``checkpoint_steps`` checkpoint on all eval questions (single pass; the last step's is the run's own
+    ``calibration_after``, not repeated) and on the ``sampled`` questions with samples."""
+    out = []
+    for step in preset.checkpoint_steps:
+        model = os.path.join(run.folder, f"checkpoint-{step}")
+        folder = os.path.join(run.folder, "premise", f"step{step}")
+        if step != plan["max_steps"]:
+            out.append((step, model, os.path.join(folder, "full"), False))
+        out.append((step, model, os.path.join(folder, "sampled"), True))
+    return out
+
+
+def evaluate_checkpoints(run: Run, preset: Preset, files: dict, plan: dict, jobs: int) -> None:
+    """The premise's evaluations of ``run`` (:func:`checkpoint_evaluations`), each skipped when already there, so an
+    interrupted preset resumes where it stopped."""
+    for step, model, folder, sampled in checkpoint_evaluations(run, preset, plan):
+        if os.path.exists(os.path.join(folder, "predictions.jsonl")):
+            continue
+        if not os.path.isdir(model):
+            raise RuntimeError(f"{run.arm} seed {run.seed}: {model} is gone; the premise needs it (save_total_limit).")
+        os.makedirs(folder, exist_ok=True)
+        questions = files["sampled"] if sampled else files["eval_used"]
+        execute(evaluate_command(model, questions, folder, preset, sampled), os.path.join(folder, "eval.log"), jobs)
+        say(f"{run.arm} seed {run.seed}: checkpoint {step} evaluated ({'sampled' if sampled else 'single pass'})")
+
+
+def evaluate_anchor(model: str, folder: str, files: dict, preset: Preset, jobs: int) -> None:
+    """The model's own-reasoning answers to the held-out anchor questions, the only labelled questions besides the
+    traces: post-hoc temperature scaling is fitted on them (``analyse``). Skipped when already there."""
+    if os.path.exists(os.path.join(folder, "predictions.jsonl")):
+        return
+    os.makedirs(folder, exist_ok=True)
+    execute(evaluate_command(model, files["anchor_traces"], folder, preset), os.path.join(folder, "eval.log"), jobs)
+
+
+def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], jobs: int, rd_weight=None) -> None:
+    anchor_eval = os.path.join(run.folder, "calibration_anchor")
+    if run.done:
+        evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
+        evaluate_checkpoints(run, preset, files, plan, jobs)
+        say(f"{run.arm} seed {run.seed}: done before, skipped")
+        return
+    checkpoint = last_checkpoint(run.folder)
+    if os.path.exists(run.folder) and checkpoint is None:  # unfinished, nothing saved: start again
+        shutil.rmtree(run.folder)
+    os.makedirs(run.folder, exist_ok=True)
+    cmd = run_command(run, preset, files, plan, extra, rd_weight)
+    if checkpoint is not None:  # unfinished with a checkpoint: the example resumes from it (mixing state included)
+        cmd += ["--resume_from_checkpoint", "true"]
+    say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
+    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None)
+    with open(os.path.join(run.folder, "DONE.json"), "w") as f:
+        done = {"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd, "commit": git_commit()}
+        if checkpoint is not None:  # the seconds are those of the last process only
+            done["resumed_from"] = os.path.basename(checkpoint)
+        json.dump(done, f, indent=2)
+    evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
+    evaluate_checkpoints(run, preset, files, plan, jobs)
+    say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s (anchor questions evaluated)")
+
+
+def last_checkpoint(folder: str) -> str | None:
+    """The newest ``checkpoint-<step>`` folder of an unfinished run, if any."""
+    if not os.path.isdir(folder):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(folder)
+
+
+def git_commit(cwd: str = ROOT) -> str | None:
+    """The commit of the checkout at ``cwd`` (this one by default: the preset is meant to run from a worktree at a
+    fixed commit), ``+uncommitted`` when its tree has changes; ``None`` outside a git checkout."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True).stdout.strip()
+    return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
+
+
+def run_commit(run: Run) -> str:
+    """The commit ``run`` was made at: its ``DONE.json``'s. A run from before ``DONE.json`` recorded it gets the
+    commit of the checkout its training script lives in, if that checkout still exists, marked as read at analysis
+    (the worktree is meant to stay at one commit, but nothing here can prove it did); else ``"not recorded"``."""
+    done = _done(run)
+    if done.get("commit"):
+        return done["commit"]
+    script = next((c for c in done.get("command", []) if c.endswith(".py")), None)
+    checkout = os.path.dirname(script) if script else None
+    commit = git_commit(checkout) if checkout and os.path.isdir(checkout) else None
+    return f"{commit} (read from {checkout} at analysis, not recorded by the run)" if commit else "not recorded"
+
+
+def trainer_state(run: Run) -> dict:
+    """The run's ``trainer_state.json``: its ``log_history`` and ``global_step`` (the optimizer steps it trained; a
+    resume at the final checkpoint before the trainer's fix of a40c8da trained one more)."""
+    with open(os.path.join(run.folder, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def log_history(run: Run) -> list[dict]:
+    return trainer_state(run)["log_history"]
+
+
+def rd_weights(run: Run) -> list[tuple[int, float]]:
+    """``(step, rd_weight)`` as the run logged them."""
+    return [(h["step"], h["hytuning/rd_weight"]) for h in log_history(run) if "hytuning/rd_weight" in h]
+
+
+def mean_rd_weight(runs: list[Run]) -> float:
+    values = [w for r in runs for _, w in rd_weights(r)]
+    if not values:
+        raise RuntimeError(f"The {ADAPTIVE} runs logged no rd_weight; {CONSTANT} has no weight to copy.")
+    return sum(values) / len(values)
+
+
+def _done(run: Run) -> dict:
+    with open(os.path.join(run.folder, "DONE.json")) as f:
+        return json.load(f)
+
+
+def cli_command(entry: str) -> list[str]:
+    """``hytuning-eval`` (``main``) or ``hytuning-prg`` (``prg_main``) under this interpreter, whatever is on PATH."""
+    return [sys.executable, "-c", f"import sys; from hytuning_trl.cli import {entry}; sys.exit({entry}())"]
+
+
+def measure(args, preset: Preset, files: dict, extra: list[str], model: str, calibrate: bool = True) -> dict:
+    """Validity check and base evaluation (both needed anyway), side by side with a short prg training run whose
+    step time and overhead set the number of steps that fit the budget."""
+    out = args.output_dir
+    base, validity, calib = (os.path.join(out, d) for d in ("base", "validity", "_calibration"))
+    evaluate = evaluate_command(model, files["eval_used"], base, preset)
+    prg = cli_command("prg_main") + [
+        "--model_name_or_path",
+        model,
+        "--traces_file",
+        files["traces"],
+        "--output_dir",
+        validity,
+    ]
+    n_calib = args.calibration_steps
+    saved = os.path.join(out, "measurements.json")  # kept as measured, so an interrupted start resumes
+    timing = {}
+    if os.path.exists(saved):
+        with open(saved) as f:
+            timing = json.load(f)
+    timing["n_eval"] = int(files["n_eval"])
+    lock = threading.Lock()
+
+    def record(**values):
+        with lock:
+            timing.update(values)
+            with open(saved, "w") as f:
+                json.dump(timing, f, indent=2)
+
+    def run_eval():
+        if not os.path.exists(os.path.join(base, "calibration.json")) or "base_eval_s" not in timing:
+            os.makedirs(base, exist_ok=True)
+            record(base_eval_s=execute(evaluate, os.path.join(out, "base_eval.log"), args.jobs))
+            say(f"base model evaluated in {timing['base_eval_s']:.0f} s")
+        evaluate_anchor(model, os.path.join(out, "base_anchor"), files, preset, args.jobs)
+
+    def run_validity():
+        if not os.path.exists(os.path.join(validity, "validity.json")):
+            os.makedirs(validity, exist_ok=True)
+            record(validity_s=execute(prg, os.path.join(out, "validity.log"), args.jobs))
+            say(f"PRG validity check done in {timing['validity_s']:.0f} s")
+
+    def run_calibration():
+        if not calibrate or preset.budget_minutes is None or args.max_steps:
+            return
+        shutil.rmtree(calib, ignore_errors=True)
+        os.makedirs(calib)
+        plan = {"max_steps": n_calib, "probe_steps": n_calib}  # one probe at the end: a trained model's eval time
+        calib_run = Run(ADAPTIVE, 0, calib)
+        cmd = run_command(calib_run, preset, files, plan, extra, None) + ["--skip_eval", "true"]
+        seconds = execute(cmd, os.path.join(calib, "train.log"), args.jobs)
+        history = log_history(calib_run)
+        times = [h["step_time"] for h in history if "step_time" in h]
+        probe_s = sum(h.get("eval_calibration/seconds", 0.0) for h in history)
+        record(
+            calibration_s=seconds,
+            step_time_s=statistics.median(times[1:] or times),
+            probe_s_per_question=probe_s / len(read_jsonl(files["probe"])),
+            run_overhead_s=max(seconds - sum(times) - probe_s, 0.0),
+        )
+        say(
+            f"step time {timing['step_time_s']:.1f} s, run overhead {timing['run_overhead_s']:.0f} s, evaluation "
+            f"{timing['probe_s_per_question']:.2f} s per question after {n_calib} steps"
+        )
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for f in [pool.submit(run_calibration), pool.submit(run_eval), pool.submit(run_validity)]:
+            f.result()
+    return timing
+
+
+def probe_interval(steps: int, every: int) -> int:
+    """Probe every ``every`` steps, but at least once inside a short run, and not at its last step when that can be
+    avoided (the final evaluation covers the probe questions there)."""
+    p = min(every, max(steps // 2, 1))
+    while steps % p == 0 and p < steps and steps // p <= 2:
+        p += 1
+    return p
+
+
+def steps_for_budget(timing: dict, preset: Preset, args, n_runs: int, elapsed_s: float) -> dict:
+    """The most steps (capped at ``max_steps``) whose runs fit what is left of the budget on ``jobs`` lanes::
+
+        per run = overhead + q * n_eval + S * step + floor(S / P) * q * n_probe
+
+    with ``q`` the seconds per evaluated question: 1.15 x the larger of the base model's and the calibration run's
+    (after a few steps; a base model that stops early, e.g. by copying "The answer is X.", evaluates much faster than
+    one that writes the whole trace), ``P`` the probe interval (:func:`probe_interval`)."""
+    if preset.budget_minutes is None or args.max_steps:
+        steps = args.max_steps or preset.max_steps
+        return {"max_steps": steps, "probe_steps": probe_interval(steps, preset.probe_steps), "fitted": False}
+    budget = (args.budget_minutes or preset.budget_minutes) * 60
+    per_q = 1.15 * max(timing["base_eval_s"] / timing["n_eval"], timing.get("probe_s_per_question", 0.0))
+    lanes = args.jobs * args.safety
+    capacity = (budget - elapsed_s) * lanes
+    best = None
+    for steps in range(preset.max_steps, 0, -1):
+        probe = probe_interval(steps, preset.probe_steps)
+        per_run = timing["run_overhead_s"] + per_q * timing["n_eval"] + steps * timing["step_time_s"]
+        per_run += (steps // probe) * per_q * preset.n_probe
+        # runs are whole: the slowest lane carries ceil(n_runs / jobs) of them
+        if per_run * math.ceil(n_runs / args.jobs) * args.jobs <= capacity:
+            best = {"max_steps": steps, "probe_steps": probe, "per_run_s": round(per_run, 1)}
+            break
+    if best is None or best["max_steps"] < preset.min_steps:
+        need = n_runs * (
+            timing["run_overhead_s"] + per_q * timing["n_eval"] + preset.min_steps * timing["step_time_s"]
+        )
+        raise SystemExit(
+            f"{n_runs} runs do not fit the budget with {preset.min_steps} steps each (about "
+            f"{(need / lanes + elapsed_s) / 60:.0f} minutes needed on {args.jobs} lanes); raise --budget_minutes, "
+            "lower --max_eval_samples, or run fewer --arms / --seeds."
+        )
+    best.update(fitted=True, budget_s=budget, elapsed_at_plan_s=round(elapsed_s, 1), lanes=args.jobs)
+    return best

@@ -1,0 +1,121 @@
+"""What the evidence harness keeps: ``--collect`` copies a preset's small outputs (never weights) to commit,
+``--restore`` copies them back onto a fresh machine, and every start checks that kept evaluations answer the data
+files' questions in order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .runner import read_jsonl
+
+#: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
+SMALL_OUTPUTS = [
+    "plan.json", "measurements.json", "results.json", "results.md", "curves.png", "reliability_grid.png",
+    "validity/validity.json", "base/calibration.json", "base/predictions.jsonl", "base_anchor/calibration.json",
+    "base_anchor/predictions.jsonl",
+]  # fmt: skip
+
+
+RUN_OUTPUTS = [
+    "DONE.json", "trainer_state.json", "calibration_after/calibration.json", "calibration_after/predictions.jsonl",
+    "calibration_anchor/calibration.json", "calibration_anchor/predictions.jsonl",
+]  # fmt: skip
+
+
+#: The premise's checkpoint evaluations under a run folder: ``premise/step<N>/{full,sampled}/``.
+PREMISE_OUTPUTS = ["calibration.json", "predictions.jsonl"]
+
+
+def premise_folders(root: str, rel: str) -> list[str]:
+    """``rel/premise/step<N>/<kind>`` of every premise evaluation folder of the run ``rel`` under ``root``."""
+    base = os.path.join(root, rel, "premise")
+    if not os.path.isdir(base):
+        return []
+    return [
+        os.path.join(rel, "premise", step, kind)
+        for step in sorted(os.listdir(base))
+        for kind in sorted(os.listdir(os.path.join(base, step)))
+    ]
+
+
+def run_folders(root: str) -> list[str]:
+    """``runs/<arm>/<seed>`` of every run folder under ``root``, relative to it."""
+    runs_dir = os.path.join(root, "runs")
+    arms = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+    return [os.path.join("runs", a, seed) for a in arms for seed in sorted(os.listdir(os.path.join(runs_dir, a)))]
+
+
+def collect(out: str, dest: str) -> list[str]:
+    """Copy the preset's small outputs and those of every finished run (``DONE.json`` and its anchor evaluation
+    there) from ``out`` to ``dest``, under the same relative paths; unfinished runs are left out. Returns the paths
+    copied (relative)."""
+    paths = [p for p in SMALL_OUTPUTS if os.path.exists(os.path.join(out, p))]
+    for rel in run_folders(out):
+        if os.path.exists(os.path.join(out, rel, "calibration_anchor", "predictions.jsonl")):
+            paths += [os.path.join(rel, p) for p in RUN_OUTPUTS if os.path.exists(os.path.join(out, rel, p))]
+            for folder in premise_folders(out, rel):
+                paths += [
+                    os.path.join(folder, p) for p in PREMISE_OUTPUTS if os.path.exists(os.path.join(out, folder, p))
+                ]
+    for rel in paths:
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+        shutil.copyfile(os.path.join(out, rel), os.path.join(dest, rel))
+    return paths
+
+
+#: Analysis outputs: made anew by every analysis, so ``--restore`` leaves them behind.
+ANALYSIS_OUTPUTS = {"results.json", "results.md", "curves.png", "reliability_grid.png"}
+
+
+def restore(src: str, out: str) -> list[str]:
+    """The inverse of :func:`collect`: copy the small outputs committed under ``src`` back into ``out`` where a file
+    is missing (never over one), so that a run on a fresh machine skips the finished runs and reuses the base model's
+    evaluation, the validity check and the plan instead of redoing hours of work. Returns the paths copied
+    (relative). What the copies hold is checked against the data files by :func:`check_reused`."""
+    if not os.path.isdir(src):
+        raise SystemExit(f"--restore {src}: no such folder (the one --collect wrote, e.g. docs/data/evidence).")
+    wanted = [p for p in SMALL_OUTPUTS if p not in ANALYSIS_OUTPUTS]
+    wanted += [os.path.join(rel, p) for rel in run_folders(src) for p in RUN_OUTPUTS]
+    wanted += [
+        os.path.join(f, p) for rel in run_folders(src) for f in premise_folders(src, rel) for p in PREMISE_OUTPUTS
+    ]
+    copied = []
+    for rel in wanted:
+        source, target = os.path.join(src, rel), os.path.join(out, rel)
+        if os.path.exists(source) and not os.path.exists(target):
+            os.makedirs(os.path.dirname(target) or out, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.append(rel)
+    return copied
+
+
+def check_reused(out: str, files: dict) -> None:
+    """Evaluations kept from an earlier start (or ``--restore``) must be of the questions the data files hold now,
+    in order: a run reused on other questions would enter the comparisons unpaired. Raises ``SystemExit`` naming the
+    file that differs."""
+    from hytuning_trl.mcq import load_mcq
+
+    sources = [("base", "eval_used"), ("base_anchor", "anchor_traces")]
+    for rel in run_folders(out):
+        sources += [(os.path.join(rel, "calibration_after"), "eval_used")]
+        sources += [(os.path.join(rel, "calibration_anchor"), "anchor_traces")]
+        for folder in premise_folders(out, rel):
+            sources += [(folder, "sampled" if folder.endswith("sampled") else "eval_used")]
+    asked = {  # as the evaluation read them; each data file once, not once per evaluation kept
+        key: [(q["question"], q["answer_idx"]) for q in load_mcq(files[key])] for key in {key for _, key in sources}
+    }
+    for folder, key in sources:
+        path = os.path.join(out, folder, "predictions.jsonl")
+        if not os.path.exists(path):
+            continue
+        kept = [(r["question"], r["gold"]) for r in read_jsonl(path)]
+        questions = asked[key]
+        if kept != questions:
+            same = [a == b for a, b in zip(kept, questions)]
+            first = same.index(False) if False in same else len(same)
+            raise SystemExit(
+                f"{path} holds answers to other questions than {files[key]} ({len(kept)} against {len(questions)}, "
+                f"first difference at question {first}): it was made with other data (--data_seed, the data files, "
+                "--max_eval_samples). Use a fresh --output_dir, or the data it was made with."
+            )
