@@ -112,7 +112,9 @@ def run_evaluation(args: EvalArguments, model: Any = None, tokenizer: Any = None
         result, args.output_dir, title=os.path.basename(os.path.normpath(args.model_name_or_path)), extra=asdict(args)
     )
     print(format_table(result.metrics, f"Confidence faithfulness of {args.model_name_or_path} on {args.dataset_name}"))
-    print(f"Wrote {paths['calibration']} and {paths['reliability']}")
+    diagrams = sum(key.startswith("reliability_") for key in paths)
+    also = f" (and {diagrams} reliability_<estimator>.png)" if diagrams else ""
+    print(f"Wrote {paths['calibration']} and {paths['reliability']}{also}")
     return {"paths": paths, "metrics": result.metrics}
 
 

@@ -46,9 +46,9 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
         if "maj_at_k" in metrics:
             heading += f"; maj@{metrics['num_samples']} accuracy {metrics['maj_at_k']:.4f}"
         lines.append(heading)
-        lines.append(f"  {'':<22}" + "".join(f"{n:>22}" for n in names))
+        lines.append(f"  {'':<28}" + "".join(f"{n:>22}" for n in names))
         for name, key in rows[2:8]:
-            lines.append(f"  {name[:22]:<22}" + "".join(f"{show(estimators[n].get(key)):>22}" for n in names))
+            lines.append(f"  {name:<28}" + "".join(f"{show(estimators[n].get(key)):>22}" for n in names))
     return "\n".join(lines)
 
 
