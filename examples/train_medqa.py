@@ -30,8 +30,7 @@ from datasets import Dataset, load_dataset
 from transformers import AutoTokenizer
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from hytuning_trl import HyTuningConfig, HyTuningTrainer
-from hytuning_trl.evaluation import CalibrationEvalCallback
+from hytuning_trl import CalibrationEvalCallback, HyTuningConfig, HyTuningTrainer
 from hytuning_trl.mcq import format_mcq_prompt, load_mcq, read_jsonl
 from hytuning_trl.model_card import write_model_card
 from hytuning_trl.report import format_table

@@ -27,6 +27,7 @@ __all__ = [
     "overconfidence_rate",
     "reliability_diagram",
     "temperature_scale",
+    "uniform_bin_index",
 ]
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -60,6 +61,13 @@ def accuracy(conf: ArrayLike, correct: ArrayLike) -> float:
     return float(y.mean())
 
 
+def uniform_bin_index(conf: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """The equal-width bin (``0 .. n_bins - 1``) of each confidence in ``[0, 1]``: ``[b / n, (b + 1) / n)``, the last
+    bin closed at 1."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+
+
 def calibration_bins(
     conf: ArrayLike, correct: ArrayLike, n_bins: int = 15, strategy: str = "uniform"
 ) -> list[dict[str, float]]:
@@ -73,7 +81,7 @@ def calibration_bins(
         raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)
-        index = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, n_bins - 1)
+        index = uniform_bin_index(c, n_bins)
         groups = [np.flatnonzero(index == b) for b in range(n_bins)]
         bounds = [(edges[b], edges[b + 1]) for b in range(n_bins)]
     elif strategy == "quantile":

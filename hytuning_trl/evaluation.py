@@ -1,4 +1,5 @@
-"""Multiple-choice evaluation of confidence faithfulness, and the callback that runs it during training.
+"""Multiple-choice evaluation of confidence faithfulness (the callback that runs it during training:
+:class:`hytuning_trl.callbacks.CalibrationEvalCallback`).
 
 For each question the model writes its reasoning (greedy); confidence is the option-renormalised probability of the
 chosen option after the reasoning and the answer trigger (``p_K`` of :mod:`hytuning_trl.prg`); the chosen option is
@@ -10,13 +11,11 @@ the stated answers alone. Data: :mod:`hytuning_trl.mcq`; reports: :mod:`hytuning
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from .answers import AnswerExtractor, whitespace_token_ids
 from .calibration import calibration_metrics
@@ -29,12 +28,10 @@ from .estimators import (
     marginal,
     temperature_scaled_records,
 )
-from .mcq import MCQ_INSTRUCTION, load_mcq, render_prompts
+from .mcq import MCQ_INSTRUCTION, render_prompts
 from .scoring import score_rollouts
-from .sharding import gather_in_order, shard_indices
 
 __all__ = [
-    "CalibrationEvalCallback",
     "MCQEvaluation",
     "SamplingOutOfMemory",
     "evaluate_mcq",
@@ -288,77 +285,3 @@ def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
             metrics["num_samples"] = len(records[0]["samples"])
             metrics["maj_at_k"] = sum(r["majority"] == r["gold"] for r in records) / len(records)
     return metrics
-
-
-class CalibrationEvalCallback(TrainerCallback):
-    """Runs :func:`evaluate_mcq` on a held-out set every ``eval_steps`` (default: the config's ``eval_steps``, else
-    ``logging_steps``) and logs ``eval_calibration/*`` next to the training metrics: the headline figures of the
-    ``after_reasoning`` confidence, and every estimator's as ``eval_calibration/<estimator>/<metric>`` (pass
-    ``num_samples=k`` for the sampled ones and ``maj_at_k``). GRPOTrainer has no
-    ``compute_metrics`` (TRL #2959), so this is the way to watch calibration during training.
-
-    :class:`HyTuningTrainer` binds it itself; with a plain ``GRPOTrainer`` call ``callback.bind(trainer)``. The
-    questions are split across processes (every process generates the same number of batches, so ZeRO-3 works) and
-    the records gathered before the metrics are computed.
-    """
-
-    def __init__(self, questions: Any, eval_steps: int | None = None, **eval_kwargs: Any):
-        self.questions = load_mcq(questions)
-        self.eval_steps = eval_steps
-        self.eval_kwargs = {"progress": False, **eval_kwargs}
-        self.trainer = None
-        self.history: list[dict[str, Any]] = []
-
-    def bind(self, trainer: Any) -> None:
-        """Evaluate ``trainer``'s model (with its config's ``mcq_instruction`` unless one was given)."""
-        self.trainer = trainer
-        instruction = getattr(trainer.args, "mcq_instruction", None)
-        if instruction is not None:
-            self.eval_kwargs.setdefault("instruction", instruction)
-
-    def _every(self, args: Any) -> int:
-        return int(self.eval_steps or args.eval_steps or args.logging_steps or 1)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer is None or state.global_step % self._every(args) != 0:
-            return
-        start = time.perf_counter()
-        metrics = self.evaluate()
-        metrics["seconds"] = time.perf_counter() - start  # what the probe costs, to budget runs by
-        self.history.append({"step": state.global_step, **metrics})
-        flat = {**metrics}
-        for name, block in (metrics.get("estimators") or {}).items():
-            flat.update({f"{name}/{key}": value for key, value in block.items() if key not in ("n", "accuracy")})
-        for key, value in flat.items():
-            if isinstance(value, (int, float)) and value is not None:
-                self.trainer._metrics["train"][f"eval_calibration/{key}"].append(float(value))
-
-    def evaluate(self) -> dict[str, Any]:
-        from trl.models.utils import unwrap_model_for_generation
-
-        trainer = self.trainer
-        acc = trainer.accelerator
-        world, rank = acc.num_processes, acc.process_index
-        indices, real = shard_indices(len(self.questions), rank, world)
-        mine = [self.questions[i] for i in indices]
-        sync = getattr(type(trainer), "_sync_num_batches", None)
-        if sync is None and world > 1 and getattr(trainer, "is_deepspeed_enabled", False):
-            raise ValueError(
-                f"CalibrationEvalCallback on {type(trainer).__name__} under DeepSpeed with {world} processes: the "
-                "scoring pass must run the same number of forwards on every process (ZeRO-3 hangs otherwise), which "
-                "needs the trainer's `_sync_num_batches`. Use hytuning_trl.HyTuningTrainer, or evaluate after "
-                "training with `hytuning-eval`."
-            )
-        tokenizer = trainer.processing_class
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        with unwrap_model_for_generation(trainer.model_wrapped, acc) as unwrapped:
-            result = evaluate_mcq(
-                trainer.model,
-                tokenizer,
-                mine,
-                generate_model=unwrapped,
-                sync_num_batches=trainer._sync_num_batches if sync is not None else None,
-                **self.eval_kwargs,
-            )
-        records = gather_in_order(indices, result.records, real)
-        return summarise(records, self.eval_kwargs.get("n_bins", 15))

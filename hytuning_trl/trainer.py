@@ -41,7 +41,7 @@ from .anchor import (
     has_traces,
 )
 from .answers import AnswerExtractor, ParsedCompletion, whitespace_token_ids
-from .callbacks import PRGCallback
+from .callbacks import CalibrationEvalCallback, PRGCallback
 from .config import HyTuningConfig
 from .constants import PAPER
 from .distill import (
@@ -54,7 +54,6 @@ from .distill import (
     tokenize_distill_dataset,
 )
 from .estimators import group_shares
-from .evaluation import CalibrationEvalCallback
 from .mixing import MixingController, RoundMeans
 from .model_card import write_model_card
 from .packing import finish_logits, get_backbone_and_head, lm_head_scaling, unwrap_model

@@ -8,7 +8,13 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from _bootstrap import metric_difference, metric_interval, paired_bootstrap, two_stage_bootstrap  # noqa: E402
+from _bootstrap import (  # noqa: E402
+    metric_difference,
+    metric_interval,
+    paired_bootstrap,
+    resampled,
+    two_stage_bootstrap,
+)
 
 
 def _records(conf, correct):
@@ -70,3 +76,35 @@ def test_metric_interval_has_a_seed_stage():
     one = metric_interval("brier", seeds[:1], n_boot=300)
     assert one["value"] == pytest.approx(0.25)  # confidence 0.5 everywhere: Brier 0.25 whatever the answers
     assert one["ci95"] == [pytest.approx(0.25), pytest.approx(0.25)]
+
+
+def test_resampled_metrics_against_sklearn_and_the_bins_by_hand():
+    """Every resample's metric counted at once from the question multiplicities equals the metric recomputed on that
+    resample: sklearn's AUROC (ties included: confidences on a 0.1 grid; NaN when a resample has one class only), the
+    ECE summed bin by bin over 15 equal-width bins by hand, Brier and accuracy as plain means."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    for n, grid in ((9, True), (60, True), (60, False)):
+        conf = rng.uniform(0, 1, n)
+        conf = np.round(conf, 1) if grid else conf
+        correct = (rng.uniform(0, 1, n) < conf).astype(float)
+        index = rng.integers(0, n, (300, n))
+        index[0] = np.flatnonzero(correct)[0]  # one class only
+        got = {m: resampled(m, conf, correct, index) for m in ("accuracy", "brier", "ece", "auroc")}
+        for r, i in enumerate(index):
+            c, y = conf[i], correct[i]
+            assert got["accuracy"][r] == pytest.approx(y.mean())
+            assert got["brier"][r] == pytest.approx(np.mean((c - y) ** 2))
+            ece = 0.0
+            for b in range(15):
+                upper = (b + 1) / 15
+                inside = (c >= b / 15) & ((c < upper) if b < 14 else (c <= 1.0))
+                if inside.any():
+                    ece += inside.sum() / n * abs(y[inside].mean() - c[inside].mean())
+            assert got["ece"][r] == pytest.approx(ece, abs=1e-12)
+            if 0 < y.sum() < n:
+                assert got["auroc"][r] == pytest.approx(roc_auc_score(y, c), abs=1e-12)
+            else:
+                assert np.isnan(got["auroc"][r])
+        assert np.isnan(got["auroc"][0])

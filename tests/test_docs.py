@@ -56,3 +56,25 @@ def test_public_api_is_documented_and_lean():
         assert internal not in exported
     for name in exported:
         assert getattr(hytuning_trl, name) is not None
+
+
+def test_public_names_resolve_from_their_modules_and_the_commands_start_light():
+    """Each exported name is the object its module defines (the lazy table points at the right module), and neither
+    `import hytuning_trl` nor the commands' module loads TRL's trainer stack (peft, bitsandbytes, the transformers
+    Trainer: about 10 s of imports before a command could say that its input file is missing). Run in a fresh
+    interpreter, so what this test process already imported does not count."""
+    import importlib
+    import subprocess
+    import sys
+
+    for name in hytuning_trl.__all__:
+        module = importlib.import_module(f"hytuning_trl.{hytuning_trl._LOCATIONS[name]}")
+        assert getattr(hytuning_trl, name) is getattr(module, name), name
+        assert getattr(getattr(module, name), "__module__", "hytuning_trl").startswith("hytuning_trl"), name
+    probe = (
+        "import sys, hytuning_trl, hytuning_trl.cli; "
+        "print(sorted(m for m in ('peft', 'bitsandbytes', 'transformers.trainer', 'trl.trainer.grpo_trainer', "
+        "'hytuning_trl.trainer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
