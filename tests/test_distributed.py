@@ -39,11 +39,18 @@ def _run(kind, out, *args) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
 
 
+def _results(out):
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
+    assert all(r.get("world_size") == 2 for r in results if "error" not in r)
+    return results
+
+
 def _launch(kind, out, *args):
     proc = _run(kind, out, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in results] == [2, 2] and [r["rank"] for r in results] == [0, 1]
+    results = _results(out)
+    assert [r["world_size"] for r in results] == [2, 2]
     return results
 
 
@@ -67,22 +74,15 @@ def _traces_sharded(results):
 
 @pytest.fixture(scope="module")
 def ddp_run(trained_dir, tmp_path_factory):
+    """One torchrun launch: 3 steps saving at step 2, then, in the same processes, a fresh trainer resumed from
+    checkpoint-2 to step 3 (``resume0``) and one resumed from it at max_steps 2 (``resume1``)."""
     out = tmp_path_factory.mktemp("ddp")
-    args = [
-        "--model",
-        trained_dir,
-        "--scripted",
-        "--inject_nonfinite",
-        "--save_steps",
-        "2",
-        "--max_steps",
-        "3",
-        "--token_budget",
-        "200",
-        "--anchor_rows",
-        "5",
-    ]
-    return out, _launch("ddp", out, *args)
+    ckpt = out / "checkpoint-2"
+    args = ["--model", trained_dir, "--scripted", "--inject_nonfinite", "--save_steps", "2", "--max_steps", "3"]
+    args += ["--token_budget", "200", "--anchor_rows", "5", "--then_resume", f"{ckpt}:3", f"{ckpt}:2"]
+    results = _launch("ddp", out, *args)
+    resumed = [_results(out / f"resume{i}") for i in (0, 1)]
+    return out, results, resumed
 
 
 def _own_anchor_by_hand(trained_dir, results):
@@ -104,7 +104,7 @@ def _own_anchor_by_hand(trained_dir, results):
 
 @pytest.mark.multiprocess
 def test_ddp_trains_in_lockstep(ddp_run):
-    _, results = ddp_run
+    _, results, _ = ddp_run
     lams = _same_lam_every_step(results)
     assert lams[0] == 0.5 and len(set(lams)) > 1
     assert results[0]["step_counts"] and set(results[0]["step_counts"]) == {1}  # different step counts per process
@@ -121,38 +121,24 @@ def test_ddp_trains_in_lockstep(ddp_run):
 
 
 @pytest.mark.multiprocess
-def test_ddp_resume_restores_state(ddp_run, trained_dir):
-    out, _ = ddp_run
-    ckpt = out / "checkpoint-2"
-    saved = json.loads((ckpt / "hytuning_state.json").read_text())
-    resumed = _launch(
-        "ddp",
-        out,
-        "--model",
-        trained_dir,
-        "--scripted",
-        "--max_steps",
-        "3",
-        "--resume",
-        str(ckpt),
-        "--anchor_rows",
-        "5",
-    )
+def test_ddp_resume_restores_state(ddp_run):
+    out, _, (resumed, _) = ddp_run
+    saved = json.loads((out / "checkpoint-2" / "hytuning_state.json").read_text())
     for r in resumed:
         assert r["restored"] == saved  # the own-reasoning anchor's EMA among it, exactly
+        assert r["global_step"] == 3
     assert saved["rd_position"] == 2 and saved["generation_rounds"] == 2 and saved["anchor_gain_ema"] is not None
 
 
 @pytest.mark.multiprocess
-def test_ddp_resume_at_max_steps_trains_nothing(ddp_run, trained_dir, tmp_path):
+def test_ddp_resume_at_max_steps_trains_nothing(ddp_run):
     """Resumed at a checkpoint already at max_steps, every process loads it and trains no step (transformers would
     take one more before its loop checks max_steps)."""
-    out, _ = ddp_run
+    out, _, (_, at_max) = ddp_run
     ckpt = out / "checkpoint-2"
     saved = json.loads((ckpt / "hytuning_state.json").read_text())
     history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
-    args = ("--model", trained_dir, "--scripted", "--max_steps", "2", "--resume", str(ckpt), "--anchor_rows", "5")
-    for r in _launch("ddp", tmp_path, *args):
+    for r in at_max:
         assert r["global_step"] == 2 and r["step_counts"] == []
         assert r["final_mixing"] == {k: v for k, v in saved.items() if k not in ("rd_epoch", "rd_position")}
         assert r["logs"] == [h for h in history if "loss" in h]
@@ -168,9 +154,9 @@ def test_zero3_two_processes(trained_dir, tmp_path):
     """ZeRO-3 on 2 processes with answer-blind RL and the calibration loss on (the LM head called as a module inside
     the GRPO forward's loss): the anchor by hand, the same RD weight and the same reduced answer-blind and calibration
     figures on both processes at every step, traces sharded, everything finite; a finished run is refused on resume."""
-    common = ("--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5")
-    confidence = ("--answer_blind", "--calibration_weight", "1.0")
-    results = _launch("zero3", tmp_path, *common, *confidence, "--token_budget", "200", "--save_steps", "3")
+    args = ("--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind")
+    args += ("--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3")
+    results = _launch("zero3", tmp_path, *args, "--then_resume", f"{tmp_path / 'checkpoint-3'}:3")
     for key in ("hytuning/answer_blind_share", "hytuning/calibration_loss", "hytuning/calibration_share"):
         values = [[h[key] for h in r["logs"]] for r in results]
         assert values[0] == values[1] and len(values[0]) == 3, key
@@ -182,8 +168,8 @@ def test_zero3_two_processes(trained_dir, tmp_path):
     _traces_sharded(results)
     assert all(r["finite"] for r in results)
     # resumed at its final checkpoint, ZeRO-3 refuses (transformers would train one step more) and names the fix
-    proc = _run("zero3", tmp_path / "again", *common, *confidence, "--resume", str(tmp_path / "checkpoint-3"))
-    assert proc.returncode != 0 and "its training is finished" in proc.stderr and "raise max_steps" in proc.stderr
+    for r in _results(tmp_path / "resume0"):
+        assert "its training is finished" in r["error"] and "raise max_steps" in r["error"]
 
 
 @pytest.mark.multiprocess

@@ -1,7 +1,10 @@
 """A HyTuning run for the multi-process tests: launched with torchrun (DDP on CPU) or accelerate (ZeRO-3 on CPU).
 
 Every process writes what it saw to ``<out>/rank<r>.json``: the world size, its logs, the RD trace indices it read,
-the step counts of its completions, and (on resume) the mixing state restored at the start of training.
+the step counts of its completions, and (on resume) the mixing state restored at the start of training. ``--then_resume
+CHECKPOINT:MAX_STEPS ...`` resumes, after the first run and in the same processes, a fresh trainer (the model loaded
+again) from each checkpoint, one after the other, into ``<out>/resume<i>/rank<r>.json`` (with ``error``: the message
+of a refused resume): one launch checks a run and its resumes.
 """
 
 import argparse
@@ -65,7 +68,20 @@ def main():
     p.add_argument("--anchor_signal", default="own")
     p.add_argument("--answer_blind", action="store_true", help="answer_blind_rl=True")
     p.add_argument("--calibration_weight", type=float, default=0.0)
+    p.add_argument("--then_resume", nargs="*", default=[], metavar="CHECKPOINT:MAX_STEPS")
     a = p.parse_args()
+    run(a, a.out, a.max_steps, a.resume, inject_nonfinite=a.inject_nonfinite)
+    for i, spec in enumerate(a.then_resume):
+        checkpoint, max_steps = spec.rsplit(":", 1)
+        StepCount.seen.clear()
+        Spy.restored = {}
+        run(a, os.path.join(a.out, f"resume{i}"), int(max_steps), checkpoint, inject_nonfinite=False)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def run(a: argparse.Namespace, out: str, max_steps: int, resume: str | None, inject_nonfinite: bool) -> None:
+    """One training run into ``out``; a resume refused with a ValueError is recorded as ``error``."""
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model)
@@ -80,13 +96,13 @@ def main():
             [{"question": e["question"], "options": e["options"], "answer_idx": e["answer"]} for e in questions]
         )
     args = HyTuningConfig(
-        output_dir=a.out,
+        output_dir=out,
         use_cpu=True,
         bf16=False,
         per_device_train_batch_size=4 // int(os.environ.get("WORLD_SIZE", "1")),  # with 2 processes a group spans both
         num_generations=4,
         max_completion_length=64,
-        max_steps=a.max_steps,
+        max_steps=max_steps,
         logging_steps=1,
         learning_rate=5e-3,
         report_to=[],
@@ -123,7 +139,7 @@ def main():
                 completions.append(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
             return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
 
-    if a.inject_nonfinite:
+    if inject_nonfinite:
         calls = {"rd": 0}
         real_prg_score = answers_module.prg_score
 
@@ -174,7 +190,13 @@ def main():
 
     if iterator is not None:
         iterator.__class__ = Recording
-    trainer.train(resume_from_checkpoint=a.resume)
+    os.makedirs(out, exist_ok=True)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except ValueError as exc:
+        with open(os.path.join(out, f"rank{trainer.accelerator.process_index}.json"), "w") as f:
+            json.dump({"rank": trainer.accelerator.process_index, "error": str(exc)}, f)
+        return
     finite = all(torch.isfinite(p).all().item() for p in trainer.model.parameters())
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     result = {
@@ -185,7 +207,7 @@ def main():
         "seen_traces": seen_traces,
         "batches_per_epoch": iterator.batches_per_epoch if iterator is not None else 0,
         "step_counts": StepCount.seen,
-        "restored": Spy.restored if a.resume else None,
+        "restored": Spy.restored if resume else None,
         "finite": finite,
         "trainable": len(trainable),
         "lora": any("lora" in n for n in trainable),
@@ -201,13 +223,11 @@ def main():
             for e, parsed in zip(trainer.anchor_examples, trainer._anchor_parsed)
         ],  # fmt: skip
     }
-    with open(os.path.join(a.out, f"rank{result['rank']}.json"), "w") as f:
+    with open(os.path.join(out, f"rank{result['rank']}.json"), "w") as f:
         json.dump(result, f, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
     if a.peft:
-        trainer.save_model(os.path.join(a.out, "adapter"))  # every process: ZeRO-3 gathers the weights to save
+        trainer.save_model(os.path.join(out, "adapter"))  # every process: ZeRO-3 gathers the weights to save
     trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
