@@ -75,13 +75,14 @@ def _traces_sharded(results):
 @pytest.fixture(scope="module")
 def ddp_run(trained_dir, tmp_path_factory):
     """One torchrun launch: 3 steps saving at step 2, then, in the same processes, a fresh trainer resumed from
-    checkpoint-2 to step 3 (``resume0``) and one resumed from it at max_steps 2 (``resume1``)."""
+    checkpoint-2 to step 3 (``then0``) and one resumed from it at max_steps 2 (``then1``)."""
     out = tmp_path_factory.mktemp("ddp")
     ckpt = out / "checkpoint-2"
     args = ["--model", trained_dir, "--scripted", "--inject_nonfinite", "--save_steps", "2", "--max_steps", "3"]
-    args += ["--token_budget", "200", "--anchor_rows", "5", "--then_resume", f"{ckpt}:3", f"{ckpt}:2"]
+    args += ["--token_budget", "200", "--anchor_rows", "5", "--then", f"resume={ckpt},save_steps=0"]
+    args += [f"resume={ckpt},max_steps=2,save_steps=0"]
     results = _launch("ddp", out, *args)
-    resumed = [_results(out / f"resume{i}") for i in (0, 1)]
+    resumed = [_results(out / f"then{i}") for i in (0, 1)]
     return out, results, resumed
 
 
@@ -149,14 +150,25 @@ def test_ddp_own_anchor_by_hand(ddp_run, trained_dir):
     _own_anchor_by_hand(trained_dir, ddp_run[1])
 
 
+@pytest.fixture(scope="module")
+def zero3_run(trained_dir, tmp_path_factory):
+    """One ZeRO-3 launch on 2 processes: 3 steps with answer-blind RL and the calibration loss, saving at step 3; then,
+    in the same processes, a resume from that finished checkpoint (``then0``) and a 2-step run of the trace anchor
+    with 3 anchor traces (``then1``)."""
+    out = tmp_path_factory.mktemp("zero3")
+    args = ["--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind"]
+    args += ["--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3"]
+    args += ["--then", f"resume={out / 'checkpoint-3'},save_steps=0"]
+    args += ["anchor_signal=trace,anchor_rows=0,max_steps=2,answer_blind=false,calibration_weight=0,save_steps=0"]
+    return out, _launch("zero3", out, *args)
+
+
 @pytest.mark.multiprocess
-def test_zero3_two_processes(trained_dir, tmp_path):
+def test_zero3_two_processes(zero3_run, trained_dir):
     """ZeRO-3 on 2 processes with answer-blind RL and the calibration loss on (the LM head called as a module inside
     the GRPO forward's loss): the anchor by hand, the same RD weight and the same reduced answer-blind and calibration
     figures on both processes at every step, traces sharded, everything finite; a finished run is refused on resume."""
-    args = ("--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind")
-    args += ("--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3")
-    results = _launch("zero3", tmp_path, *args, "--then_resume", f"{tmp_path / 'checkpoint-3'}:3")
+    out, results = zero3_run
     for key in ("hytuning/answer_blind_share", "hytuning/calibration_loss", "hytuning/calibration_share"):
         values = [[h[key] for h in r["logs"]] for r in results]
         assert values[0] == values[1] and len(values[0]) == 3, key
@@ -168,15 +180,16 @@ def test_zero3_two_processes(trained_dir, tmp_path):
     _traces_sharded(results)
     assert all(r["finite"] for r in results)
     # resumed at its final checkpoint, ZeRO-3 refuses (transformers would train one step more) and names the fix
-    for r in _results(tmp_path / "resume0"):
+    for r in _results(out / "then0"):
         assert "its training is finished" in r["error"] and "raise max_steps" in r["error"]
 
 
 @pytest.mark.multiprocess
-def test_zero3_trace_anchor_uneven_shards_by_hand(trained_dir, tmp_path):
+def test_zero3_trace_anchor_uneven_shards_by_hand(zero3_run, trained_dir):
     """The v2 round (anchor_signal='trace') under ZeRO-3 with 3 anchor traces on 2 processes (2 + 1, padded to 2
     each): the first logged gain on both processes equals the mean gain of the 3 traces computed here by hand on the
-    initial model (plain forwards; the padded copy is scored and dropped, not counted twice)."""
+    initial model (plain forwards; the padded copy is scored and dropped, not counted twice). Run third in the
+    ZeRO-3 launch, on the model loaded again."""
     import math
 
     from conftest import reference_trajectory
@@ -184,8 +197,9 @@ def test_zero3_trace_anchor_uneven_shards_by_hand(trained_dir, tmp_path):
 
     from hytuning_trl.answers import whitespace_token_ids
 
-    args = ("--model", trained_dir, "--scripted", "--max_steps", "2", "--token_budget", "200")
-    results = _launch("zero3", tmp_path, *args, "--anchor_signal", "trace")
+    out, _ = zero3_run
+    results = _results(out / "then1")
+    assert [r["world_size"] for r in results] == [2, 2] and [r["global_step"] for r in results] == [2, 2]
     traces = results[0]["anchor_traces"]
     assert len(traces) == 3 and results[1]["anchor_traces"] == traces
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
@@ -205,12 +219,13 @@ def test_zero3_trace_anchor_uneven_shards_by_hand(trained_dir, tmp_path):
 
 @pytest.mark.multiprocess
 def test_zero3_lora_real_generation(trained_dir, tmp_path):
+    """LoRA under ZeRO-3 with real generation: the adapter learns and is saved with HyTuning's card; then, in the same
+    processes, the same run with gradient checkpointing on is refused with the fix named."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    results = _launch(
-        "zero3", tmp_path, "--model", trained_dir, "--peft", "--max_steps", "2", "--no_gradient_checkpointing"
-    )
+    args = ("--model", trained_dir, "--peft", "--max_steps", "2", "--no_gradient_checkpointing")
+    results = _launch("zero3", tmp_path, *args, "--then", "no_gradient_checkpointing=false,max_steps=1")
     _same_lam_every_step(results)
     assert all(r["lora"] and r["finite"] for r in results)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), tmp_path / "adapter")
@@ -219,12 +234,8 @@ def test_zero3_lora_real_generation(trained_dir, tmp_path):
     card = (tmp_path / "adapter" / "README.md").read_text()  # HyTuning's card, not PEFT's generic one
     assert "LoRA adapter post-trained with HyTuning" in card and "Not for clinical use" in card
     assert f"Base model: `{trained_dir}`" in card
-
-
-@pytest.mark.multiprocess
-def test_zero3_lora_with_checkpointing_fails_clearly(trained_dir, tmp_path):
-    proc = _run("zero3", tmp_path, "--model", trained_dir, "--peft", "--max_steps", "1")
-    assert proc.returncode != 0 and "gradient_checkpointing=False" in proc.stderr
+    for r in _results(tmp_path / "then0"):
+        assert "gradient_checkpointing=False" in r["error"]
 
 
 def test_lora_adapter_round_trip(tmp_path, trained_dir, trained_tokenizer, build_trainer):

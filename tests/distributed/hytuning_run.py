@@ -1,10 +1,12 @@
 """A HyTuning run for the multi-process tests: launched with torchrun (DDP on CPU) or accelerate (ZeRO-3 on CPU).
 
 Every process writes what it saw to ``<out>/rank<r>.json``: the world size, its logs, the RD trace indices it read,
-the step counts of its completions, and (on resume) the mixing state restored at the start of training. ``--then_resume
-CHECKPOINT:MAX_STEPS ...`` resumes, after the first run and in the same processes, a fresh trainer (the model loaded
-again) from each checkpoint, one after the other, into ``<out>/resume<i>/rank<r>.json`` (with ``error``: the message
-of a refused resume): one launch checks a run and its resumes.
+the step counts of its completions, and (on resume) the mixing state restored at the start of training.
+
+``--then "resume=DIR,max_steps=2" "anchor_signal=trace" ...`` runs, after the first run and in the same processes, one
+more run per spec, each a fresh trainer on the model loaded again, with the first run's arguments changed as the spec
+says (no fault injected), into ``<out>/then<i>/rank<r>.json``; a run that the trainer refuses with a ValueError (at
+construction or at the start of ``train``) writes the message as ``error``. One launch checks several things.
 """
 
 import argparse
@@ -68,21 +70,49 @@ def main():
     p.add_argument("--anchor_signal", default="own")
     p.add_argument("--answer_blind", action="store_true", help="answer_blind_rl=True")
     p.add_argument("--calibration_weight", type=float, default=0.0)
-    p.add_argument("--then_resume", nargs="*", default=[], metavar="CHECKPOINT:MAX_STEPS")
+    p.add_argument("--then", nargs="*", default=[], metavar="NAME=VALUE,...")
     a = p.parse_args()
-    run(a, a.out, a.max_steps, a.resume, inject_nonfinite=a.inject_nonfinite)
-    for i, spec in enumerate(a.then_resume):
-        checkpoint, max_steps = spec.rsplit(":", 1)
+    run(a, a.out, inject_nonfinite=a.inject_nonfinite)
+    for i, spec in enumerate(a.then):
         StepCount.seen.clear()
         Spy.restored = {}
-        run(a, os.path.join(a.out, f"resume{i}"), int(max_steps), checkpoint, inject_nonfinite=False)
+        run(changed(a, spec), os.path.join(a.out, f"then{i}"), inject_nonfinite=False)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
-def run(a: argparse.Namespace, out: str, max_steps: int, resume: str | None, inject_nonfinite: bool) -> None:
-    """One training run into ``out``; a resume refused with a ValueError is recorded as ``error``."""
+def changed(a: argparse.Namespace, spec: str) -> argparse.Namespace:
+    """``a`` with the ``name=value`` pairs of ``spec`` (comma-separated) set, each value read as its field's type."""
+    out = argparse.Namespace(**vars(a))
+    for pair in spec.split(","):
+        name, value = pair.split("=", 1)
+        old = getattr(a, name)
+        if isinstance(old, bool):
+            new = value == "true"
+        elif value == "none":
+            new = None
+        else:
+            new = type(old)(value) if old is not None else value
+        setattr(out, name, new)
+    return out
 
+
+def run(a: argparse.Namespace, out: str, inject_nonfinite: bool) -> None:
+    """One training run into ``out``; one the trainer refuses with a ValueError is recorded as ``error``."""
+    os.makedirs(out, exist_ok=True)
+    try:
+        trainer, seen_traces = build(a, out, inject_nonfinite)
+        trainer.train(resume_from_checkpoint=a.resume)
+    except ValueError as exc:
+        rank = int(os.environ.get("RANK", "0"))
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": rank, "error": str(exc)}, f)
+        return
+    record(a, out, trainer, seen_traces)
+
+
+def build(a: argparse.Namespace, out: str, inject_nonfinite: bool):
+    """The trainer of one run, with the RD iterator recording the traces it reads."""
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model)
     mcq = scripted_examples(32, seed=21)
@@ -102,7 +132,7 @@ def run(a: argparse.Namespace, out: str, max_steps: int, resume: str | None, inj
         per_device_train_batch_size=4 // int(os.environ.get("WORLD_SIZE", "1")),  # with 2 processes a group spans both
         num_generations=4,
         max_completion_length=64,
-        max_steps=max_steps,
+        max_steps=a.max_steps,
         logging_steps=1,
         learning_rate=5e-3,
         report_to=[],
@@ -190,13 +220,12 @@ def run(a: argparse.Namespace, out: str, max_steps: int, resume: str | None, inj
 
     if iterator is not None:
         iterator.__class__ = Recording
-    os.makedirs(out, exist_ok=True)
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except ValueError as exc:
-        with open(os.path.join(out, f"rank{trainer.accelerator.process_index}.json"), "w") as f:
-            json.dump({"rank": trainer.accelerator.process_index, "error": str(exc)}, f)
-        return
+    return trainer, seen_traces
+
+
+def record(a: argparse.Namespace, out: str, trainer, seen_traces: list) -> None:
+    """What this process saw, into ``<out>/rank<r>.json``."""
+    iterator = trainer.distill_iterator
     finite = all(torch.isfinite(p).all().item() for p in trainer.model.parameters())
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     result = {
@@ -207,7 +236,7 @@ def run(a: argparse.Namespace, out: str, max_steps: int, resume: str | None, inj
         "seen_traces": seen_traces,
         "batches_per_epoch": iterator.batches_per_epoch if iterator is not None else 0,
         "step_counts": StepCount.seen,
-        "restored": Spy.restored if resume else None,
+        "restored": Spy.restored if a.resume else None,
         "finite": finite,
         "trainable": len(trainable),
         "lora": any("lora" in n for n in trainable),
