@@ -134,6 +134,13 @@ class MedQAArguments(ScriptArguments):
     probe_steps: int = field(default=10, metadata={"help": "Training steps between two probes of --probe_file."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after calibration report."})
     eval_before: bool = field(default=True, metadata={"help": "Also report on the model before training."})
+    anchor_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "Also report on the --anchor_file questions after training (calibration_anchor/): the labelled "
+            "held-out questions a post-hoc temperature can be fitted on, answered as the report's questions are."
+        },
+    )
     rewards: list[str] = field(
         default_factory=lambda: ["self_certainty", "prg_gated_confidence"],
         metadata={"help": f"Internal-feedback rewards, any of: {', '.join(REWARDS)}."},
@@ -245,19 +252,20 @@ def reward_funcs(script_args: MedQAArguments, training_args: HyTuningConfig) -> 
 
 
 def report(stage: str, model_path: str, tokenizer, questions, script_args, training_args, model_args, resume) -> dict:
-    """The calibration report of ``stage`` ("before" / "after") in ``output_dir/calibration_<stage>``; a resumed run
-    reuses a "before" report that is already there."""
+    """The calibration report of ``stage`` ("before" / "after"; "anchor": the trained model on the anchor questions)
+    in ``output_dir/calibration_<stage>``; a resumed run reuses a "before" report that is already there."""
     folder = os.path.join(training_args.output_dir, f"calibration_{stage}")
     saved = os.path.join(folder, "calibration.json")
     if stage == "before" and resume and os.path.exists(saved):
         with open(saved) as f:
             return json.load(f)["metrics"]
     title = "before training" if stage == "before" else f"after training (mixing={training_args.mixing})"
+    title += " on the anchor questions" if stage == "anchor" else ""
     metrics = evaluate_to(
         model_path, tokenizer, questions, script_args.eval_batch_size, folder, title,
         dtype=training_dtype(training_args, model_args),
         max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
-        peft=stage == "after" and bool(model_args.use_peft), instruction=training_args.mcq_instruction,
+        peft=stage != "before" and bool(model_args.use_peft), instruction=training_args.mcq_instruction,
     )  # fmt: skip
     if PartialState().is_main_process:
         print(format_table(metrics, title[0].upper() + title[1:]), flush=True)
@@ -327,6 +335,9 @@ def main(script_args: MedQAArguments, training_args: HyTuningConfig, model_args:
     del trainer
     if questions:
         summary["after"] = report("after", out, *context)
+        if script_args.anchor_eval and script_args.anchor_file:
+            anchor = load_mcq(script_args.anchor_file)
+            summary["anchor"] = report("anchor", out, tokenizer, anchor, *context[2:])
         if state.is_main_process:  # the card again, with the final calibration figures
             card = dict(rd_weight_trajectory=rd_weights, adapter=bool(model_args.use_peft))
             write_model_card(out, base_model, training_args.mixing, **card)

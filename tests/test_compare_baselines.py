@@ -143,9 +143,15 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         for seed in (0, 1):
             with open(os.path.join(out, "runs", arm, f"seed{seed}", "DONE.json")) as f:
                 commands[arm, seed] = json.load(f)["command"]
-    for cmd in commands.values():
+    for (arm, seed), cmd in commands.items():
         assert cmd[cmd.index("--anchor_file") + 1] == os.path.join(data, "anchor_traces.jsonl")
         assert cmd[cmd.index("--distill_file") + 1] == os.path.join(data, "rd_traces.jsonl")
+        # the run answered the anchor questions itself, as it answered the eval questions (no second process)
+        folder = os.path.join(out, "runs", arm, f"seed{seed}", "calibration_anchor")
+        with open(os.path.join(folder, "calibration.json")) as f:
+            report = json.load(f)
+        assert report["n"] == 16 and report["settings"]["max_new_tokens"] == 24
+        assert not os.path.exists(os.path.join(folder, "eval.log"))
 
     # hytuning_const copies the hytuning runs' mean rd_weight, read here from their logs
     lams = []

@@ -126,6 +126,7 @@ def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[s
         files["anchor_traces"],
     ]
     cmd += ["--eval_file", files["eval_used"], "--max_eval_samples", files["n_eval"], "--eval_before", "false"]
+    cmd += ["--anchor_eval", "true"]  # calibration_anchor/ in the same process (evaluate_anchor finds it there)
     cmd += ["--eval_max_new_tokens", str(preset.max_new_tokens), "--allow_sample_traces", "true"]
     cmd += ["--probe_file", files["probe"], "--probe_steps", str(plan["probe_steps"])]
     cmd += ["--max_steps", str(plan["max_steps"]), "--seed", str(run.seed), "--output_dir", run.folder]
@@ -197,7 +198,8 @@ def evaluate_checkpoints(run: Run, preset: Preset, files: dict, plan: dict, jobs
 
 def evaluate_anchor(model: str, folder: str, files: dict, preset: Preset, jobs: int) -> None:
     """The model's own-reasoning answers to the held-out anchor questions, the only labelled questions besides the
-    traces: post-hoc temperature scaling is fitted on them (``analyse``). Skipped when already there."""
+    traces: post-hoc temperature scaling is fitted on them (``analyse``). Skipped when already there (a run writes
+    them itself with ``--anchor_eval``; the base model's and older runs' are evaluated here)."""
     if os.path.exists(os.path.join(folder, "predictions.jsonl")):
         return
     os.makedirs(folder, exist_ok=True)
