@@ -1,0 +1,74 @@
+"""The premise preset of the evidence harness (issue 34) end to end on the tiny model: checkpoints evaluated with every
+confidence estimator, the premise table recomputed from the predictions files (sklearn), collect and restore."""
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from evidence import cli, runner, store  # noqa: E402
+
+
+def _predictions(folder):
+    with open(os.path.join(folder, "predictions.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_premise_evaluates_checkpoints_with_every_estimator(tmp_path, trained_dir, capsys):
+    """The premise preset on the tiny model, one seed, checkpoints 2 and 4: each checkpoint evaluated single pass on
+    every eval question (the last one's is the run's calibration_after) and with samples on the sampled ones; the
+    per-checkpoint table's accuracy, maj@k and AUROCs recomputed here from the predictions (sklearn); collect and
+    restore carry the checkpoint evaluations; a rerun evaluates nothing again."""
+    import synthetic_task
+    from sklearn.metrics import roc_auc_score
+
+    from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS, estimator_confidences
+
+    out = str(tmp_path / "premise")
+    splits = synthetic_task.generate(3, n_traces=16, n_unlabeled=32, n_eval=16)  # small: 12 RD traces + 4 anchor
+    data = {}
+    for name in ("traces", "unlabeled", "eval"):
+        data[name] = str(tmp_path / f"{name}.jsonl")
+        runner.write_jsonl(data[name], splits[name])
+    argv = ["--preset", "premise", "--seeds", "1", "--max_steps", "4", "--checkpoint_steps", "2", "4"]
+    argv += ["--train_file", data["unlabeled"], "--eval_file", data["eval"], "--traces_file", data["traces"]]
+    argv += ["--n_bootstrap", "100", "--jobs", "1", "--output_dir", out]
+    argv += ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "24", "--eval_max_new_tokens", "24"]
+    argv += ["--learning_rate", "1e-3", "--save_steps", "2"]
+    result = cli.main(argv)
+    capsys.readouterr()
+    run = os.path.join(out, "runs", "rd_only", "seed0")
+    premise = result["premise"]
+    assert premise["checkpoint_steps"] == [2, 4] and premise["last_step"] == 4
+    assert not os.path.exists(os.path.join(run, "premise", "step4", "full"))  # calibration_after serves
+    for step in (2, 4):
+        full = _predictions(os.path.join(run, "premise", f"step{step}", "full") if step == 2 else
+                            os.path.join(run, "calibration_after"))  # fmt: skip
+        sampled = _predictions(os.path.join(run, "premise", f"step{step}", "sampled"))
+        assert len(full) == 16 and len(sampled) == 16 and all(len(r["samples"]) == 4 for r in sampled)
+        row = premise["per_run"]["rd_only/seed0"][str(step)]
+        correct = [r["correct"] for r in full]
+        assert row["accuracy"] == pytest.approx(sum(correct) / 16) and row["errors"] == 16 - sum(correct)
+        assert row["maj_at_k"] == pytest.approx(sum(r["majority"] == r["gold"] for r in sampled) / 16)
+        for name in ESTIMATORS:
+            recs = sampled if name in SAMPLED_ESTIMATORS else full
+            y = [r["correct"] for r in recs]
+            if 0 < sum(y) < len(y):
+                scores = [estimator_confidences(r)[name] for r in recs]
+                assert row["auroc"][name]["value"] == pytest.approx(roc_auc_score(y, scores)), (step, name)
+    assert set(premise["against_after_reasoning"]) == set(ESTIMATORS[1:])
+    assert "The premise" in open(os.path.join(out, "results.md")).read()
+    kept = tmp_path / "kept"
+    copied = store.collect(out, str(kept))
+    assert os.path.join("runs", "rd_only", "seed0", "premise", "step2", "sampled", "predictions.jsonl") in copied
+    fresh = tmp_path / "fresh"
+    restored = store.restore(str(kept), str(fresh))
+    assert os.path.join("runs", "rd_only", "seed0", "premise", "step4", "sampled", "predictions.jsonl") in restored
+    before = os.path.getmtime(os.path.join(run, "premise", "step2", "sampled", "predictions.jsonl"))
+    cli.main(argv)  # resumed: the run is done, its evaluations are there
+    capsys.readouterr()
+    assert os.path.getmtime(os.path.join(run, "premise", "step2", "sampled", "predictions.jsonl")) == before
