@@ -17,6 +17,9 @@ RUNNER = os.path.join(ROOT, "tests", "distributed", "hytuning_run.py")
 ZERO3 = os.path.join(ROOT, "examples", "accelerate_configs", "deepspeed_zero3_cpu.yaml")
 TIMEOUT = 400  # a hang is a failure
 
+# one xdist worker runs this file: its module fixtures (one launch each) are built once
+pytestmark = pytest.mark.xdist_group("distributed")
+
 
 def _port():
     with socket.socket() as s:
