@@ -80,13 +80,11 @@ def resampled(metric: str, conf: np.ndarray, correct: np.ndarray, index: np.ndar
     raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
 
 
-def metric_difference(metric: str, a: Records, b: Records, index: np.ndarray | None = None) -> float:
-    """``metric(b) - metric(a)`` on the questions ``index`` (all by default)."""
+def metric_difference(metric: str, a: Records, b: Records) -> float:
+    """``metric(b) - metric(a)`` on the same questions."""
     if len(a) != len(b):
         raise ValueError(f"The arms were evaluated on {len(a)} and {len(b)} questions; compare the same questions.")
     (ca, ya), (cb, yb) = _arrays(a), _arrays(b)
-    if index is not None:
-        ca, ya, cb, yb = ca[index], ya[index], cb[index], yb[index]
     fn = METRICS[metric]
     return float(fn(cb, yb) - fn(ca, ya))
 

@@ -67,6 +67,7 @@ def test_public_names_resolve_from_their_modules_and_the_commands_start_light():
     import subprocess
     import sys
 
+    assert set(hytuning_trl._LOCATIONS) == set(hytuning_trl.__all__)  # the lazy table and __all__ name the same
     for name in hytuning_trl.__all__:
         module = importlib.import_module(f"hytuning_trl.{hytuning_trl._LOCATIONS[name]}")
         assert getattr(hytuning_trl, name) is getattr(module, name), name
