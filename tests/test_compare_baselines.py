@@ -32,7 +32,9 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
     assert "set from a measured step time" in lines[-1]
     full, _ = _dry(capsys, "--preset", "cpu-full")
-    assert len(full) == 3 * len(presets.ARMS) == 24 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
+    assert len(full) == 3 * (len(presets.ARMS) - len(presets.PILOT_ARMS)) == 24 and {
+        r.split(" seed")[1] for r in full
+    } == {" 0", " 1", " 2"}
     gpu, gpu_lines = _dry(capsys, "--preset", "gpu")
     assert len(gpu) == 24
     [blind] = [line for line in gpu_lines if line.startswith("hytuning_blind seed 0")]  # an arm added in one place
@@ -76,6 +78,90 @@ def test_evidence_preset_names_the_arms_of_issue_23(capsys):
         )
         common.add(tuple(cmd[: len(cmd) - len(presets.ARMS[arm]) - (2 if arm == "hytuning_const" else 0)]))
     assert len(common) == 1
+
+
+def test_pilot_preset_runs_see_no_eval_question(capsys):
+    """Issue 34's pilot: rd_only and RD plus the calibration loss at three weights, one seed, the premise's regime;
+    no run evaluates or probes an eval question (the choice is made on the anchor questions only)."""
+    runs, lines = _dry(capsys, "--preset", "pilot")
+    assert runs == ["rd_only seed 0"] + [f"rd_cal_weakest_token_{w} seed 0" for w in ("0.1", "0.3", "1.0")]
+    by_arm = {line.split(" seed")[0]: line for line in lines[:-1]}
+    for w in ("0.1", "0.3", "1.0"):
+        line = by_arm[f"rd_cal_weakest_token_{w}"]
+        assert f"--mixing rd_only --rewards self_certainty --reward_weights 1.0 --calibration_target weakest_token " \
+               f"--calibration_weight {w}" in line  # fmt: skip
+    files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}
+    plan = {"max_steps": 50, "probe_steps": 20}
+    evidence = runner.run_command(
+        runner.Run("rd_only", 0, "<out>"), presets.PRESETS["evidence"], files, plan, [], None
+    )
+    for line in lines[:-1]:
+        assert "--skip_eval true" in line and "--eval_file" not in line and "--probe_file" not in line
+        assert "--anchor_eval" not in line and "<anchor_traces>" in line and "--max_steps 50" in line
+        # the rest is the evidence regime's command (the premise's, which keeps 5 checkpoints instead of 1)
+        assert " ".join(evidence[1 : evidence.index("--eval_file")]) in line
+    share, _ = _dry(capsys, "--preset", "pilot-share")
+    assert share[1:] == [f"rd_cal_share_{w} seed 0" for w in ("0.1", "0.3", "1.0")]
+
+
+def _pilot_records(tmp_path, arm, greedy_correct, samples):
+    """A run folder of ``arm`` with its anchor answers: greedy (``greedy_correct``: one bool per question) and sampled
+    (``samples``: per question, ``(answer, option_logprobs)`` pairs; gold is 'A', options A-D)."""
+    folder = tmp_path / "runs" / arm / "seed0"
+    for name, rows in (
+        ("calibration_anchor", [{"gold": "A", "correct": c} for c in greedy_correct]),
+        ("calibration_anchor_sampled", [{"gold": "A", "correct": True, "samples": [
+            {"answer": a, "stated": True, "option_letters": list("ABCD"), "option_logprobs": lp} for a, lp in s
+        ]} for s in samples]),
+    ):  # fmt: skip
+        (folder / name).mkdir(parents=True)
+        runner.write_jsonl(str(folder / name / "predictions.jsonl"), rows)
+    return runner.Run(arm, 0, str(folder))
+
+
+def test_pilot_choice_worked_by_hand(tmp_path):
+    """The pilot's rule: among the calibration runs whose greedy anchor accuracy is not below rd_only's, the lowest
+    Brier of the after_reasoning confidence over the sampled anchor answers (softmax of the option log-probabilities
+    at the stated answer, against gold); ties to the smaller weight; if none keeps rd_only's accuracy, the most
+    accurate ones. Brier and AUROC computed here by hand and with sklearn."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    sure, unsure = [0.0, -9.0, -9.0, -9.0], [-1.0, -1.2, -1.1, -9.0]
+    wrong_sure = [-9.0, 0.0, -9.0, -9.0]
+    q = [[("A", sure), ("B", wrong_sure)], [("A", unsure), ("C", unsure)]]  # per question, two samples
+    runs = [
+        _pilot_records(tmp_path, "rd_only", [True, True], q),
+        _pilot_records(tmp_path, "rd_cal_weakest_token_0.1", [True, False], [[("A", sure), ("B", unsure)]] * 2),
+        _pilot_records(tmp_path, "rd_cal_weakest_token_0.3", [True, True], [[("A", sure), ("B", unsure)], q[1]]),
+        _pilot_records(tmp_path, "rd_cal_weakest_token_1.0", [True, True], [[("A", sure), ("B", unsure)], q[1]]),
+    ]
+    result = analysis.pilot(runs)
+
+    def by_hand(samples):
+        conf, correct = [], []
+        for question in samples:
+            for answer, lp in question:
+                p = np.exp(lp) / np.exp(lp).sum()
+                conf.append(p["ABCD".index(answer)])
+                correct.append(answer == "A")
+        conf, correct = np.array(conf), np.array(correct)
+        return float(np.mean((conf - correct) ** 2)), float(roc_auc_score(correct, conf)), float(correct.mean())
+
+    for run, samples in zip(runs, [q, [[("A", sure), ("B", unsure)]] * 2, [[("A", sure), ("B", unsure)], q[1]]]):
+        brier, auroc, acc = by_hand(samples)
+        row = result["per_arm"][run.arm]
+        assert row["sampled_brier"] == pytest.approx(brier) and row["sampled_auroc"] == pytest.approx(auroc)
+        assert row["sampled_accuracy"] == pytest.approx(acc) and row["n_sampled"] == 4
+    # 0.1 has the lowest Brier but lost an anchor question; 0.3 and 1.0 tie: the smaller weight
+    assert result["per_arm"]["rd_cal_weakest_token_0.1"]["anchor_accuracy"] == 0.5
+    assert result["eligible"] == ["rd_cal_weakest_token_0.3", "rd_cal_weakest_token_1.0"]
+    assert result["chosen"] == "rd_cal_weakest_token_0.3" and result["chosen_weight"] == 0.3
+    assert result["chosen_target"] == "weakest_token" and not result["no_arm_kept_rd_only_accuracy"]
+    # none keeps rd_only's accuracy: the most accurate of them (here all tie at 0.5: the lowest Brier, 0.1)
+    fallback = analysis.pilot(runs[:2] + [
+        _pilot_records(tmp_path / "b", "rd_cal_weakest_token_1.0", [False, True], q)])  # fmt: skip
+    assert fallback["no_arm_kept_rd_only_accuracy"] and fallback["chosen"] == "rd_cal_weakest_token_0.1"
 
 
 def test_reading_in_words_worked_by_hand():

@@ -4,13 +4,14 @@ confidence estimator, the premise table recomputed from the predictions files (s
 import json
 import os
 import sys
+from dataclasses import replace
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from evidence import cli, runner, store  # noqa: E402
+from evidence import analysis, cli, presets, runner, store  # noqa: E402
 
 
 def _predictions(folder):
@@ -72,3 +73,14 @@ def test_premise_evaluates_checkpoints_with_every_estimator(tmp_path, trained_di
     cli.main(argv)  # resumed: the run is done, its evaluations are there
     capsys.readouterr()
     assert os.path.getmtime(os.path.join(run, "premise", "step2", "sampled", "predictions.jsonl")) == before
+
+    # the pilot's look at the same run: its anchor questions answered with samples, as the pilot preset asks
+    pilot = replace(presets.PRESETS["pilot"], max_new_tokens=24)
+    files = {"anchor_traces": os.path.join(out, "data", "anchor_traces.jsonl")}
+    runner.evaluate_pilot(runner.Run("rd_only", 0, run), pilot, files, 1)
+    sampled = _predictions(os.path.join(run, "calibration_anchor_sampled"))
+    anchor = _predictions(os.path.join(run, "calibration_anchor"))
+    assert [r["question"] for r in sampled] == [r["question"] for r in anchor] and len(anchor) == 4
+    assert all(len(r["samples"]) == pilot.num_samples == 4 for r in sampled)
+    answers = analysis.sampled_answers(sampled)
+    assert [a["correct"] for a in answers] == [s["answer"] == r["gold"] for r in sampled for s in r["samples"]]

@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 
-from .presets import ADAPTIVE, CONSTANT, GATE_POINTS, METRICS, PRIMARY, REFERENCES, Comparison, Preset, resolve
+from .presets import ADAPTIVE, ARMS, CONSTANT, GATE_POINTS, METRICS, PRIMARY, REFERENCES, Comparison, Preset, resolve
 from .runner import Run, _done, git_commit, rd_weights, read_jsonl, run_commit, trainer_state
 
 
@@ -271,4 +271,82 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
         "margin": PREMISE_MARGIN,
         "against_after_reasoning": against,
         "some_estimator_sees_more": any(v["sees_more"] for v in against.values()),
+    }
+
+
+def sampled_answers(recs: list[dict]) -> list[dict]:
+    """Each sampled answer of ``recs`` (``samples``) as a record of its own: ``confidence`` the option-renormalised
+    probability of the answer it states after its own reasoning (``after_reasoning``), ``correct`` against the
+    question's gold answer."""
+    import math
+
+    out = []
+    for r in recs:
+        for s in r["samples"]:
+            if s["answer"] is None or not s["option_logprobs"]:  # no answer read: no confidence in one
+                out.append({"confidence": 0.0, "correct": False, "stated": False})
+                continue
+            logprobs = s["option_logprobs"]
+            top = max(logprobs)
+            z = [math.exp(x - top) for x in logprobs]
+            p = z[s["option_letters"].index(s["answer"])] / sum(z)
+            out.append({"confidence": p, "correct": s["answer"] == r["gold"], "stated": s["stated"]})
+    return out
+
+
+def pilot(runs: list[Run]) -> dict:
+    """Issue 34's pilot: which ``calibration_weight``, judged on the anchor questions only (the eval questions stay
+    unseen by the choice).
+
+    Per run: the greedy answers to the anchor questions (``calibration_anchor``: accuracy) and the sampled ones
+    (``calibration_anchor_sampled``: k answers per question at temperature 1, where a model that answers the 16
+    greedily without error still errs): their accuracy, and the Brier score and AUROC of the ``after_reasoning``
+    confidence for the sampled answers' correctness. A Brier score over greedy answers that are all right would
+    reward confidence itself, the failure the loss is meant to cure; over sampled answers it rewards confidence that
+    is high on right answers and low on wrong ones.
+
+    The rule, fixed here before the pilot ran: among the calibration runs whose greedy anchor accuracy is not below
+    ``rd_only``'s (if none is, those with the highest), the lowest sampled-answer Brier; ties go to the smaller
+    weight. 16 questions rank coarsely; the choice is a pilot's, not a result."""
+    from hytuning_trl import calibration_metrics
+
+    def flag(arm: str, name: str, default: str | None = None) -> str | None:
+        args = ARMS[arm]
+        return args[args.index(name) + 1] if name in args else default
+
+    rows: dict[str, dict] = {}
+    for r in runs:
+        greedy = records(os.path.join(r.folder, "calibration_anchor"))
+        sampled = sampled_answers(records(os.path.join(r.folder, "calibration_anchor_sampled")))
+        conf, correct = [x["confidence"] for x in sampled], [x["correct"] for x in sampled]
+        m = calibration_metrics(conf, correct)
+        rows[r.arm] = {
+            "seed": r.seed,
+            "weight": float(flag(r.arm, "--calibration_weight", "0")),
+            "anchor_accuracy": sum(x["correct"] for x in greedy) / len(greedy),
+            "n_anchor": len(greedy),
+            "n_sampled": len(sampled),
+            "sampled_accuracy": m["accuracy"],
+            "sampled_errors": sum(not c for c in correct),
+            "sampled_brier": m["brier"],
+            "sampled_auroc": m["auroc"],
+        }
+    candidates = {a: row for a, row in rows.items() if a != "rd_only"}
+    if "rd_only" not in rows or not candidates:
+        return {"per_arm": rows, "chosen": None, "rule": "needs rd_only and at least one calibration run"}
+    floor = rows["rd_only"]["anchor_accuracy"]
+    eligible = {a: row for a, row in candidates.items() if row["anchor_accuracy"] >= floor}
+    fallback = not eligible
+    if fallback:
+        best = max(row["anchor_accuracy"] for row in candidates.values())
+        eligible = {a: row for a, row in candidates.items() if row["anchor_accuracy"] == best}
+    chosen = min(eligible, key=lambda a: (eligible[a]["sampled_brier"], eligible[a]["weight"]))
+    return {
+        "per_arm": rows,
+        "rd_only_anchor_accuracy": floor,
+        "eligible": sorted(eligible),
+        "no_arm_kept_rd_only_accuracy": fallback,
+        "chosen": chosen,
+        "chosen_weight": rows[chosen]["weight"],
+        "chosen_target": flag(chosen, "--calibration_target"),
     }

@@ -67,7 +67,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import report
-from .analysis import analyse
+from .analysis import analyse, pilot
 from .presets import ADAPTIVE, ARMS, CONSTANT, PRESETS, SCRIPT, resolve
 from .runner import (
     Run,
@@ -87,7 +87,10 @@ from .store import check_reused, collect, restore
 
 
 def analyse_and_write(args, runs: list[Run], plan: dict, timing: dict, files: dict, missing=None) -> dict:
-    """:func:`evidence.analysis.analyse`, then :func:`evidence.report.write` into ``--output_dir``."""
+    """:func:`evidence.analysis.analyse`, then :func:`evidence.report.write` into ``--output_dir`` (the pilot:
+    :func:`evidence.analysis.pilot` and :func:`evidence.report.write_pilot`)."""
+    if resolve(args).pilot:
+        return report.write_pilot(args.output_dir, pilot(runs), args, plan, missing)
     result, base, by_arm = analyse(args, runs, plan, timing, files, missing)
     return report.write(args.output_dir, result, args, runs, base, by_arm, files)
 
@@ -103,7 +106,8 @@ def analyse_finished(args, runs: list[Run]) -> dict:
     with open(plan_path) as f:
         saved = json.load(f)
     files = derived_files(args)
-    for need in [*files.values(), os.path.join(out, "base", "predictions.jsonl")]:
+    base = [] if resolve(args).pilot else [os.path.join(out, "base", "predictions.jsonl")]  # the pilot has none
+    for need in [*files.values(), *base]:
         if not os.path.exists(need):
             raise SystemExit(f"--analyse: {need} does not exist; run the preset into --output_dir first.")
     files["n_eval"] = str(len(read_jsonl(files["eval_used"])))
@@ -213,10 +217,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         with open(plan_path) as f:
             saved = json.load(f)
         plan, timing = saved["plan"], saved["timing"]
-        measure(args, preset, files, extra, model, calibrate=False)  # base / validity only if missing
+        if not preset.pilot:
+            measure(args, preset, files, extra, model, calibrate=False)  # base / validity only if missing
         say(f"plan.json kept: {plan['max_steps']} steps per run")
-    else:
-        timing = measure(args, preset, files, extra, model)
+    else:  # the pilot evaluates no eval question, not even the base model's answers
+        timing = {} if preset.pilot else measure(args, preset, files, extra, model)
         plan = steps_for_budget(timing, preset, args, len(runs), time.time() - args.started)
         with open(plan_path, "w") as f:
             json.dump({"plan": plan, "timing": timing, "runs": len(runs)}, f, indent=2)

@@ -20,6 +20,18 @@ HY_REWARDS = ["--rewards", "self_certainty", "prg_gated_confidence", "agreement_
 SELF_CERTAINTY = ["--rewards", "self_certainty", "--reward_weights", "1.0"]
 
 
+def calibration(target: str, weight: str) -> list[str]:
+    """The flags of the label-free calibration loss (``calibration_target``, ``calibration_weight``)."""
+    return ["--calibration_target", target, "--calibration_weight", weight]
+
+
+#: The pilot of issue 34 (point 2): RD plus the calibration loss at these weights, one seed, judged on the anchor
+#: questions only; the target is the one the premise says is worth teaching toward (weakest_token if it sees the
+#: errors that after_reasoning misses, else the group's share).
+PILOT_WEIGHTS = ("0.1", "0.3", "1.0")
+CALIBRATION_TARGETS = ("weakest_token", "share")
+
+
 ARMS: dict[str, list[str]] = {
     "rd_only": ["--mixing", "rd_only", *SELF_CERTAINTY],  # rewards unused: the GRPO term is weighted 0
     "rl_only": ["--mixing", "rl_only", *SELF_CERTAINTY],  # INTUITOR
@@ -30,6 +42,15 @@ ARMS: dict[str, list[str]] = {
     "chord": ["--mixing", "chord", *HY_REWARDS],
     "hytuning_blind": ["--mixing", "prg", "--answer_blind_rl", "true", *HY_REWARDS],  # the answer statement out of RL
 }  # fmt: skip
+
+
+#: The pilot's arms, ``rd_cal_<target>_<weight>``: RD plus the calibration loss, RL off.
+PILOT_ARMS = {
+    f"rd_cal_{target}_{weight}": ["--mixing", "rd_only", *SELF_CERTAINTY, *calibration(target, weight)]
+    for target in CALIBRATION_TARGETS
+    for weight in PILOT_WEIGHTS
+}
+ARMS.update(PILOT_ARMS)
 
 
 #: The adaptive arm, and the arm that copies its mean rd_weight.
@@ -133,6 +154,10 @@ class Preset:
     n_sampled: int = 200
     num_samples: int = 4
     sample_temperature: float = 1.0
+    # the pilot (issue 34): runs judged on the anchor questions only, so the choice made from them never saw an eval
+    # question: no evaluation on the eval questions, no probe; each run's anchor questions answered greedily and with
+    # ``num_samples`` samples at ``sample_temperature`` (where the errors are)
+    pilot: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -185,11 +210,31 @@ PRESETS: dict[str, Preset] = {
         jobs=2,
         checkpoint_steps=(30, 40, 50),
     ),
+    # Issue 34's pilot: rd_only and RD plus the calibration loss at 0.1, 0.3 and 1.0 (target weakest_token; 'pilot-
+    # share': the group's share), seed 0, the premise's regime and data; judged on the anchor questions only.
+    **{
+        name: Preset(
+            seeds={"rd_only": 1, **{f"rd_cal_{target}_{weight}": 1 for weight in PILOT_WEIGHTS}},
+            training=_LEARNING,
+            max_steps=50,
+            probe_steps=20,
+            max_new_tokens=96,
+            n_traces=80,
+            n_eval=800,
+            jobs=2,
+            pilot=True,
+        )
+        for name, target in (("pilot", "weakest_token"), ("pilot-share", "share"))
+    },
     "cpu-full": Preset(
-        seeds={arm: 3 for arm in ARMS}, training=_CPU_TRAINING, max_steps=40, budget_minutes=360, jobs=2
+        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS},
+        training=_CPU_TRAINING,
+        max_steps=40,
+        budget_minutes=360,
+        jobs=2,
     ),
     "gpu": Preset(
-        seeds={arm: 3 for arm in ARMS},
+        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS},
         training=[
             "--config",
             GPU_RECIPE,

@@ -242,3 +242,41 @@ def write(out: str, result: dict, args, runs: list[Run], base: list[dict], by_ar
     curves(out, runs, base, by_arm, files)
     grid(out, runs, base, by_arm)
     return result
+
+
+def write_pilot(out: str, result: dict, args, plan: dict, missing: list[str] | None = None) -> dict:
+    """The pilot's ``results.json`` and ``results.md`` in ``out`` (:func:`evidence.analysis.pilot`); returns the
+    result, with the command, the plan and the runs not finished."""
+    result = {**result, "plan": plan, "partial": bool(missing), "runs_missing": missing or [], "argv": args.argv}
+    lines = [f"Command: `python benchmarks/compare_baselines.py {' '.join(args.argv)}`\n"]
+    if missing:
+        lines.append(f"**Partial**: not finished: {', '.join(missing)}.\n")
+    lines.append(
+        f"The pilot: {plan['max_steps']} steps per run, judged on the anchor questions only (greedy answers, and "
+        "sampled answers at temperature 1: the after_reasoning confidence's Brier score and AUROC for their "
+        "correctness). Rule (fixed before the run): among the calibration runs whose greedy anchor accuracy is not "
+        "below rd_only's, the lowest sampled-answer Brier; ties to the smaller weight.\n"
+    )
+    lines.append("| arm | weight | anchor accuracy | sampled answers | sampled accuracy | errors | Brier | AUROC |")
+    lines.append("|---" * 8 + "|")
+    for arm, row in result["per_arm"].items():
+        lines.append(
+            f"| {arm} | {row['weight']:g} | {_fmt(row['anchor_accuracy'])} ({row['n_anchor']}) | {row['n_sampled']} "
+            f"| {_fmt(row['sampled_accuracy'])} | {row['sampled_errors']} | {_fmt(row['sampled_brier'])} "
+            f"| {_fmt(row['sampled_auroc'])} |"
+        )
+    if result["chosen"]:
+        fell = " (no calibration run kept rd_only's anchor accuracy: the most accurate ones compared)"
+        lines.append(
+            f"\nChosen: **{result['chosen']}** (calibration_target {result['chosen_target']}, calibration_weight "
+            f"{result['chosen_weight']:g}){fell if result['no_arm_kept_rd_only_accuracy'] else ''}. "
+            f"{result['per_arm'][result['chosen']]['n_anchor']} questions rank coarsely: a pilot's choice, not a "
+            "result.\n"
+        )
+    else:
+        lines.append(f"\nNo choice: {result['rule']}.\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines))
+    return result

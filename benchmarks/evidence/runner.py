@@ -125,10 +125,13 @@ def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[s
         "--anchor_file",
         files["anchor_traces"],
     ]
-    cmd += ["--eval_file", files["eval_used"], "--max_eval_samples", files["n_eval"], "--eval_before", "false"]
-    cmd += ["--anchor_eval", "true"]  # calibration_anchor/ in the same process (evaluate_anchor finds it there)
+    if preset.pilot:  # judged on the anchor questions only (evaluate_anchor, evaluate_pilot): no eval question seen
+        cmd += ["--skip_eval", "true"]
+    else:
+        cmd += ["--eval_file", files["eval_used"], "--max_eval_samples", files["n_eval"], "--eval_before", "false"]
+        cmd += ["--anchor_eval", "true"]  # calibration_anchor/ in the same process (evaluate_anchor finds it there)
+        cmd += ["--probe_file", files["probe"], "--probe_steps", str(plan["probe_steps"])]
     cmd += ["--eval_max_new_tokens", str(preset.max_new_tokens), "--allow_sample_traces", "true"]
-    cmd += ["--probe_file", files["probe"], "--probe_steps", str(plan["probe_steps"])]
     cmd += ["--max_steps", str(plan["max_steps"]), "--seed", str(run.seed), "--output_dir", run.folder]
     cmd += ARMS[run.arm] + (["--rd_weight", f"{rd_weight:.4f}"] if run.arm == CONSTANT else [])
     if preset.model:
@@ -206,10 +209,23 @@ def evaluate_anchor(model: str, folder: str, files: dict, preset: Preset, jobs: 
     execute(evaluate_command(model, files["anchor_traces"], folder, preset), os.path.join(folder, "eval.log"), jobs)
 
 
+def evaluate_pilot(run: Run, preset: Preset, files: dict, jobs: int) -> None:
+    """The pilot's second look at the anchor questions: ``num_samples`` answers per question at
+    ``sample_temperature`` (``calibration_anchor_sampled/``), where a model that answers the 16 greedily without error
+    still makes errors for its confidence to see. Skipped when already there, or outside the pilot."""
+    folder = os.path.join(run.folder, "calibration_anchor_sampled")
+    if not preset.pilot or os.path.exists(os.path.join(folder, "predictions.jsonl")):
+        return
+    os.makedirs(folder, exist_ok=True)
+    cmd = evaluate_command(run.folder, files["anchor_traces"], folder, preset, samples=True)
+    execute(cmd, os.path.join(folder, "eval.log"), jobs)
+
+
 def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], jobs: int, rd_weight=None) -> None:
     anchor_eval = os.path.join(run.folder, "calibration_anchor")
     if run.done:
         evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
+        evaluate_pilot(run, preset, files, jobs)
         evaluate_checkpoints(run, preset, files, plan, jobs)
         say(f"{run.arm} seed {run.seed}: done before, skipped")
         return
@@ -228,6 +244,7 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
             done["resumed_from"] = os.path.basename(checkpoint)
         json.dump(done, f, indent=2)
     evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
+    evaluate_pilot(run, preset, files, jobs)
     evaluate_checkpoints(run, preset, files, plan, jobs)
     say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s (anchor questions evaluated)")
 

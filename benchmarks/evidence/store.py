@@ -20,6 +20,7 @@ SMALL_OUTPUTS = [
 RUN_OUTPUTS = [
     "DONE.json", "trainer_state.json", "calibration_after/calibration.json", "calibration_after/predictions.jsonl",
     "calibration_anchor/calibration.json", "calibration_anchor/predictions.jsonl",
+    "calibration_anchor_sampled/calibration.json", "calibration_anchor_sampled/predictions.jsonl",  # the pilot's
 ]  # fmt: skip
 
 
@@ -99,7 +100,9 @@ def check_reused(out: str, files: dict) -> None:
     sources = [("base", "eval_used"), ("base_anchor", "anchor_traces")]
     for rel in run_folders(out):
         sources += [(os.path.join(rel, "calibration_after"), "eval_used")]
-        sources += [(os.path.join(rel, "calibration_anchor"), "anchor_traces")]
+        sources += [
+            (os.path.join(rel, d), "anchor_traces") for d in ("calibration_anchor", "calibration_anchor_sampled")
+        ]
         for folder in premise_folders(out, rel):
             sources += [(folder, "sampled" if folder.endswith("sampled") else "eval_used")]
     asked = {  # as the evaluation read them; each data file once, not once per evaluation kept
