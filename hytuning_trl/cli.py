@@ -27,10 +27,19 @@ from .constants import (
 )
 from .evaluation import SamplingOutOfMemory, evaluate_mcq
 from .mcq import load_mcq
-from .prg_analysis import PRGAnalysis, analyse_prg, format_validity, load_traces, write_analysis
+from .prg_analysis import PRGAnalysis, analyse_prg, format_validity, load_traces, read_trace_rows, write_analysis
 from .report import format_table, write_report
 
-__all__ = ["EvalArguments", "PRGArguments", "load_model", "main", "prg_main", "run_evaluation", "run_prg"]
+__all__ = [
+    "EvalArguments",
+    "PRGArguments",
+    "check_model_path",
+    "load_model",
+    "main",
+    "prg_main",
+    "run_evaluation",
+    "run_prg",
+]
 
 DEFAULT_TRIGGER = DEFAULT_ANSWER_TRIGGER
 DEFAULT_PATTERN = DEFAULT_ANSWER_PATTERN
@@ -71,12 +80,29 @@ class EvalArguments:
     sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of those completions."})
 
 
+def check_model_path(path: str, gguf_file: str | None = None) -> None:
+    """Raise, naming the path, where ``path`` is meant as a local folder (absolute, ``./`` or ``../``, or an existing
+    directory) but holds no model: missing, or without ``config.json`` (or the ``gguf_file``). transformers would
+    read a missing folder as a malformed hub name, and an empty one as a tokenizer it cannot convert."""
+    local = os.path.isabs(path) or path.startswith(("./", "../")) or os.path.isdir(path)
+    if not local:
+        return
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No such model folder: {path}")
+    needed = gguf_file or "config.json"
+    if not os.path.exists(os.path.join(path, needed)):
+        raise FileNotFoundError(
+            f"{path} holds no model: no {needed} there (a model folder as save_pretrained writes it)."
+        )
+
+
 def load_model(path: str, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"):
     """A causal LM and its tokenizer (pad token set) from a folder, a hub name or a GGUF file, for the commands."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
         raise ValueError(f"Unknown --dtype {dtype!r}; use float32, bfloat16 or float16.")
+    check_model_path(path, gguf_file)
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(path, **load_kwargs)
     if tokenizer.pad_token is None:
@@ -164,11 +190,10 @@ class PRGArguments:
 def run_prg(args: PRGArguments) -> PRGAnalysis:
     """Load, analyse, write the report and print the tables."""
     letters = split_options(args.answer_options)
-    if not os.path.exists(args.traces_file):
-        raise FileNotFoundError(f"No such trace file: {args.traces_file}")
+    rows = read_trace_rows(args.traces_file, answer_options=letters, max_samples=args.max_samples)  # before loading
     model, tokenizer = load_model(args.model_name_or_path, args.gguf_file, args.dtype, args.device)
     traces = load_traces(
-        args.traces_file,
+        rows,
         tokenizer,
         answer_options=letters,
         use_chat_template=args.use_chat_template,

@@ -56,6 +56,36 @@ class Trace:
     letters: list[str]
 
 
+def read_trace_rows(
+    source: str | Sequence[dict], *, answer_options: Sequence[str] | None = None, max_samples: int | None = None
+) -> list[dict]:
+    """The rows of a trace file (or list), checked without a model: the file exists and is JSON lines, ``max_samples``
+    is valid, there are rows, and each is MedQA style (question, options, answer_idx, reasoning) or a
+    prompt/completion pair with ``options`` or ``answer_options``. Raises ``ValueError`` / ``FileNotFoundError``
+    naming the trace and the fix, so that a command fails on bad traces before it loads a model."""
+    if isinstance(source, str):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"No such trace file: {source}")
+        rows = read_jsonl(source)
+    else:
+        rows = list(source)
+    check_max_samples(max_samples)
+    rows = rows[:max_samples] if max_samples is not None else rows
+    if not rows:
+        raise ValueError(f"No traces in {source!r}.")
+    for i, row in enumerate(rows):
+        if "reasoning" in row:
+            load_mcq([row])  # the MedQA fields, checked as the evaluation checks them
+        elif not ("prompt" in row and "completion" in row):
+            raise ValueError(
+                f"Trace {i} has neither 'reasoning' (MedQA style: question, options, answer_idx, reasoning) nor "
+                f"'prompt' and 'completion' (fields: {sorted(row)})."
+            )
+        elif row.get("options") is None and not answer_options:
+            raise ValueError(f"Trace {i} has no 'options'; give the option letters with --answer_options A,B,C,D.")
+    return rows
+
+
 def load_traces(
     source: str | Sequence[dict],
     tokenizer: Any,
@@ -68,17 +98,9 @@ def load_traces(
     instruction: str | None = None,
 ) -> list[Trace]:
     """Read traces into prompt ids, reasoning steps (token lists, as the tokenizer cuts them) and gold letters.
-    MedQA-style rows are rendered with ``instruction`` (default :data:`~hytuning_trl.mcq.MCQ_INSTRUCTION`)."""
-    if isinstance(source, str):
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"No such trace file: {source}")
-        rows = read_jsonl(source)
-    else:
-        rows = list(source)
-    check_max_samples(max_samples)
-    rows = rows[:max_samples] if max_samples is not None else rows
-    if not rows:
-        raise ValueError(f"No traces in {source!r}.")
+    MedQA-style rows are rendered with ``instruction`` (default :data:`~hytuning_trl.mcq.MCQ_INSTRUCTION`). The rows
+    are checked first by :func:`read_trace_rows`."""
+    rows = read_trace_rows(source, answer_options=answer_options, max_samples=max_samples)
     chat = getattr(tokenizer, "chat_template", None) is not None if use_chat_template is None else use_chat_template
     extractor = AnswerExtractor(
         tokenizer,
@@ -95,16 +117,9 @@ def load_traces(
             prompt_ids = render_prompts(tokenizer, [q], chat, instruction)[0]
             completion = f"{str(row['reasoning']).strip()}\nThe answer is {q['answer_idx']}."
             options: Any = q["options"]
-        elif "prompt" in row and "completion" in row:
+        else:
             prompt_ids = render_text(tokenizer, str(row["prompt"]), chat)
             completion, options = str(row["completion"]), row.get("options")
-        else:
-            raise ValueError(
-                f"Trace {i} has neither 'reasoning' (MedQA style: question, options, answer_idx, reasoning) nor "
-                f"'prompt' and 'completion' (fields: {sorted(row)})."
-            )
-        if options is None and not answer_options:
-            raise ValueError(f"Trace {i} has no 'options'; give the option letters with --answer_options A,B,C,D.")
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         parsed = extractor.parse(ids, options)
         if parsed.answer is None:

@@ -61,7 +61,9 @@ def test_hytuning_eval_success(tmp_path, trained_dir, mcq):
         assert probs[p["option_letters"].index(p["chosen"])] == pytest.approx(p["confidence"], abs=1e-6)
 
 
-def test_hytuning_eval_bad_input(tmp_path, trained_dir, mcq):
+def test_hytuning_eval_bad_input(tmp_path, mcq):
+    """Bad questions are reported before a model is loaded (the model folder does not exist)."""
+    trained_dir = tmp_path / "no-model"
     out = _run("hytuning-eval", "--model_name_or_path", trained_dir, "--dataset_name", tmp_path / "missing.jsonl")
     _assert_clean_failure(out, "hytuning-eval", "missing.jsonl")
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer_idx": "A"}])
@@ -114,8 +116,10 @@ def test_hytuning_prg_success(tmp_path, trained_dir, mcq):
         ("zero", "--max_samples must be at least 1"),
     ],
 )
-def test_hytuning_prg_bad_input(tmp_path, trained_dir, mcq, case, needle):
-    args = ["--model_name_or_path", trained_dir, "--output_dir", tmp_path / "o"]
+def test_hytuning_prg_bad_input(tmp_path, mcq, case, needle):
+    """Bad traces are reported before a model is loaded: the model folder here does not exist, so an error found only
+    after loading it would name the model instead."""
+    args = ["--model_name_or_path", tmp_path / "no-model", "--output_dir", tmp_path / "o"]
     if case == "missing":
         args += ["--traces_file", tmp_path / "missing.jsonl"]
     elif case == "columns":
@@ -129,3 +133,17 @@ def test_hytuning_prg_bad_input(tmp_path, trained_dir, mcq, case, needle):
         args += ["--traces_file", _write_jsonl(tmp_path / "t.jsonl", _mcq_rows(mcq, 8, reasoning=True))]
         args += ["--max_samples", 0]
     _assert_clean_failure(_run("hytuning-prg", *args), "hytuning-prg", needle)
+
+
+def test_model_folder_missing_or_empty_is_named(tmp_path, mcq, capsys):
+    """A model folder that is missing or holds no model is named as such (transformers alone says "Repo id must be in
+    the form 'repo_name'" for the first and "You need to have sentencepiece or tiktoken installed" for the second)."""
+    from hytuning_trl.cli import main
+
+    data = _write_jsonl(tmp_path / "q.jsonl", _mcq_rows(mcq, 2))
+    (tmp_path / "empty").mkdir()
+    for folder, needle in ((tmp_path / "gone", "No such model folder"), (tmp_path / "empty", "holds no model")):
+        assert main(["--model_name_or_path", str(folder), "--dataset_name", str(data)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hytuning-eval: error: ") and needle in lines[0], lines
+        assert str(folder) in lines[0]

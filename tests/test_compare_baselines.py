@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from evidence import analysis, cli, presets, runner, store  # noqa: E402
+from evidence import analysis, cli, presets, report, runner, store  # noqa: E402
 
 
 def _dry(capsys, *argv):
@@ -621,3 +621,164 @@ def test_run_commit_recorded_or_read_from_the_runs_checkout(tmp_path):
     assert runner.run_commit(run_with({"command": command}, "dirty")).startswith(f"{sha}+uncommitted (read from")
     gone = ["python", str(tmp_path / "elsewhere" / "train_medqa.py")]
     assert runner.run_commit(run_with({"command": gone}, "gone")) == "not recorded"
+
+
+def _fake_records(rng, questions, skill):
+    """Evaluation records as hytuning-eval writes them (options A-D, gold A), with reasoning log-probabilities that
+    are lower where the answer is wrong (``skill``: how much), a gain, and the option log-probabilities."""
+    import numpy as np
+
+    out = []
+    for q in questions:
+        correct = bool(rng.random() < 0.7)
+        chosen = "A" if correct else "B"
+        lp = [float(x) for x in rng.normal(-1.0, 1.0, 4)]
+        lp["ABCD".index(chosen)] += 2.0
+        p = np.exp(lp) / np.exp(lp).sum()
+        reasoning = [float(x) for x in -rng.exponential(0.3, 6)] + [
+            -(rng.exponential(1.0) + (0 if correct else skill))
+        ]
+        out.append({"question": q, "gold": "A", "chosen": chosen, "correct": correct, "stated": True,
+                    "confidence": float(p["ABCD".index(chosen)]), "option_letters": list("ABCD"),
+                    "option_logprobs": lp, "reasoning_logprobs": reasoning, "gain": float(rng.normal(0.3, 0.3)),
+                    "prg": 0.5})  # fmt: skip
+    return out
+
+
+def test_v3_primary_comparisons_worked_by_hand(tmp_path, monkeypatch):
+    """Issue 34's primary comparisons on fabricated run folders (five arms, two seeds): the names resolved by the
+    rules fixed in presets (best calibration arm by after_reasoning AUROC, best arm by Brier, rd_only's best
+    label-free estimator by AUROC, sampled ones on the sampled questions), each difference recomputed here with
+    sklearn / numpy, the weakest_token side after a power fit on the anchor answers found by a grid, and the
+    per-estimator tables."""
+    import argparse
+    from dataclasses import replace
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    out = tmp_path / "v3"
+    eval_q, anchor_q = [f"q{i}" for i in range(40)], [f"a{i}" for i in range(8)]
+    arms = {"rd_only": 2.0, "hytuning": 0.0, "hytuning_blind": 0.5, "rd_cal": 3.0, "hytuning_blind_cal": 1.0}
+    runs = []
+
+    def write(folder, rows):
+        os.makedirs(folder, exist_ok=True)
+        runner.write_jsonl(os.path.join(folder, "predictions.jsonl"), rows)
+
+    write(out / "base", _fake_records(rng, eval_q, 0.0))
+    write(out / "base_anchor", _fake_records(rng, anchor_q, 0.0))
+    for arm, skill in arms.items():
+        for seed in (0, 1):
+            folder = out / "runs" / arm / f"seed{seed}"
+            full = _fake_records(rng, eval_q, skill)
+            write(folder / "calibration_after", full)
+            write(folder / "calibration_anchor", _fake_records(rng, anchor_q, skill))
+            sampled = []
+            for r in full[:20]:  # the first 20 questions with 4 samples each
+                samples = [{"answer": a, "stated": True, "option_letters": list("ABCD"),
+                            "option_logprobs": [float(x) for x in rng.normal(-1, 1, 4)]}
+                           for a in rng.choice(list("AB"), 4)]  # fmt: skip
+                sampled.append({**r, "samples": samples, "majority": "A"})
+            write(folder / "premise" / "step4" / "sampled", sampled)
+            with open(folder / "DONE.json", "w") as f:
+                json.dump({"arm": arm, "seed": seed, "seconds": 1.0, "command": [], "commit": "abc"}, f)
+            with open(folder / "trainer_state.json", "w") as f:
+                json.dump({"global_step": 4, "log_history": [{"step": 1, "hytuning/rd_weight": 0.5}]}, f)
+            runs.append(runner.Run(arm, seed, str(folder)))
+    preset = replace(presets.PRESETS["premise"], seeds=dict.fromkeys(arms, 2), checkpoint_steps=(4,),
+                     primary=presets.PRIMARY_V3)  # fmt: skip
+    monkeypatch.setitem(presets.PRESETS, "v3-test", preset)
+    args = argparse.Namespace(preset="v3-test", output_dir=str(out), n_bootstrap=200, analyse=True,
+                              checkpoint_steps=None)  # fmt: skip
+    runner.write_jsonl(str(tmp_path / "anchor.jsonl"), [{"question": q} for q in anchor_q])
+    result, _, _ = analysis.analyse(args, runs, {"max_steps": 4, "probe_steps": 2}, {}, {
+        "anchor_traces": str(tmp_path / "anchor.jsonl")})  # fmt: skip
+
+    def recs(arm, seed, sub="calibration_after"):
+        return runner.read_jsonl(str(out / "runs" / arm / f"seed{seed}" / sub / "predictions.jsonl"))
+
+    def weakest(r):
+        return float(np.exp(min(r["reasoning_logprobs"])))
+
+    def conf(r, name):
+        if name == "weakest_token":
+            return weakest(r)
+        if name == "reasoning_likelihood":
+            return float(np.exp(np.mean(r["reasoning_logprobs"])))
+        if name == "prg_gated":
+            return r["confidence"] * min(max(r["gain"], 0.0), 1.0)
+        if name == "consistency":
+            return sum(s["answer"] == r["chosen"] for s in r["samples"]) / len(r["samples"])
+        if name == "marginal":
+            return float(np.mean([np.exp(s["option_logprobs"])["ABCD".index(r["chosen"])]
+                                  / np.exp(s["option_logprobs"]).sum() for s in r["samples"]]))  # fmt: skip
+        return r["confidence"]
+
+    def auroc(rows, name):
+        return roc_auc_score([r["correct"] for r in rows], [conf(r, name) for r in rows])
+
+    def brier(rows, values):
+        return float(np.mean([(v - r["correct"]) ** 2 for r, v in zip(rows, values)]))
+
+    cal = {
+        a: np.mean([auroc(recs(a, s), "after_reasoning") for s in (0, 1)]) for a in ("rd_cal", "hytuning_blind_cal")
+    }
+    trained = {a: np.mean([brier(recs(a, s), [r["confidence"] for r in recs(a, s)]) for s in (0, 1)])
+               for a in presets.TRAINED_ARMS}  # fmt: skip
+    label_free = {}
+    for name in ("weakest_token", "reasoning_likelihood", "prg_gated", "marginal", "consistency"):
+        where = "premise/step4/sampled" if name in ("marginal", "consistency") else "calibration_after"
+        label_free[name] = np.mean([auroc(recs("rd_only", s, where), name) for s in (0, 1)])
+    resolved = result["primary_resolved"]
+    assert resolved[presets.BEST_CALIBRATION_ARM] == max(cal, key=cal.get)
+    assert resolved[presets.BEST_ARM] == min(trained, key=trained.get)
+    assert resolved[presets.BEST_LABEL_FREE] == max(label_free, key=label_free.get)
+    primary = {c["name"]: c for c in result["primary"]}
+    assert list(primary) == [c.name for c in presets.PRIMARY_V3]
+
+    diff = np.mean([auroc(recs("rd_cal", s), "after_reasoning") - auroc(recs("rd_only", s), "after_reasoning")
+                    for s in (0, 1)])  # fmt: skip
+    assert primary["rd_cal vs rd_only: auroc"]["diff"] == pytest.approx(diff)
+    best_free = resolved[presets.BEST_LABEL_FREE]
+    row = primary[f"best calibration arm vs rd_only [{presets.BEST_LABEL_FREE}]: auroc"]
+    sampled_only = best_free in ("marginal", "consistency")
+    n = 20 if sampled_only else 40
+    where = "premise/step4/sampled" if sampled_only else "calibration_after"
+    diff = np.mean([auroc(recs(resolved[presets.BEST_CALIBRATION_ARM], s)[:n], "after_reasoning")
+                    - auroc(recs("rd_only", s, where), best_free) for s in (0, 1)])  # fmt: skip
+    assert row["diff"] == pytest.approx(diff) and row["margin"] == -0.05
+    assert row["non_inferior"] == (row["ci95"][0] > -0.05) and row["n_questions"] == n
+
+    # the best arm against rd_only read through weakest_token, power-fitted on each seed's anchor answers (a grid)
+    grid = np.exp(np.linspace(np.log(1e-3), np.log(1e3), 20001))
+    ref = []
+    for s in (0, 1):
+        anchor = recs("rd_only", s, "calibration_anchor")
+        c, y = np.array([weakest(r) for r in anchor]), np.array([r["correct"] for r in anchor])
+        nll = [
+            -np.mean(np.where(y, np.log(np.clip(c**a, 1e-12, 1)), np.log1p(-np.clip(c**a, 0, 1 - 1e-12))))
+            for a in grid
+        ]
+        a = grid[int(np.argmin(nll))]
+        rows = recs("rd_only", s)
+        ref.append(brier(rows, [weakest(r) ** a for r in rows]))
+    best = resolved[presets.BEST_ARM]
+    arm_brier = np.mean([brier(recs(best, s), [r["confidence"] for r in recs(best, s)]) for s in (0, 1)])
+    row = primary["best arm vs rd_only [weakest_token, fitted]: brier"]
+    assert row["diff"] == pytest.approx(arm_brier - np.mean(ref), abs=2e-4) and row["arm"] == best
+    # per-estimator tables: raw AUROC of every estimator, sampled ones on the sampled questions only
+    table = result["table_estimators"]
+    for name, value in label_free.items():
+        assert table["rd_only"][name]["raw"]["auroc"]["value"] == pytest.approx(value)
+    assert (
+        "fitted" not in table["rd_only"]["marginal"]
+        and table["rd_only"]["marginal"]["raw"]["auroc"]["n_questions"] == 20
+    )
+    assert table["rd_cal"]["after_reasoning"]["fitted"]["brier"]["value"] == pytest.approx(
+        result["table_scaled"]["rd_cal"]["brier"]["value"])  # fmt: skip
+    args.argv = ["--preset", "v3-test"]
+    text = report.markdown(result, args)
+    assert f"{presets.BEST_ARM} = {best}" in text and "| rd_only | marginal |" in text
+    assert f"| {best} | rd_only [weakest_token, fitted] | brier |" in text

@@ -1,6 +1,7 @@
 """Real multi-process runs on CPU: DDP (torchrun, gloo) and DeepSpeed ZeRO-3 (accelerate), plus LoRA / QLoRA and
 interrupted training. Run alone with `pytest -m multiprocess`."""
 
+import functools
 import json
 import os
 import signal
@@ -89,17 +90,26 @@ def ddp_run(trained_dir, tmp_path_factory):
     return out, results, resumed
 
 
-def _own_anchor_by_hand(trained_dir, results):
-    """The first own-reasoning anchor round, computed here by hand on the initial model (greedy generate, plain
-    forwards), against what both processes logged: the 5 questions were sharded 3 + 2 (padded to 3 each)."""
+@functools.cache
+def _hand_own_anchor(trained_dir: str, questions: str) -> tuple:
+    """:func:`test_anchor.hand_own_anchor` on the initial model, once per model and questions (the DDP and the
+    ZeRO-3 launch ask it of the same 5 questions)."""
     from test_anchor import hand_own_anchor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
-    questions = [tuple(q) for q in results[0]["anchor_questions"]]
-    assert len(questions) == 5 and results[1]["anchor_questions"] == results[0]["anchor_questions"]
     trigger = tokenizer("\nThe answer is", add_special_tokens=False)["input_ids"]
-    expected = hand_own_anchor(AutoModelForCausalLM.from_pretrained(trained_dir), tokenizer, questions, 64, trigger)
+    rows = [tuple(q) for q in json.loads(questions)]  # as the processes wrote them
+    model = AutoModelForCausalLM.from_pretrained(trained_dir)
+    return tuple(hand_own_anchor(model, tokenizer, rows, 64, trigger))
+
+
+def _own_anchor_by_hand(trained_dir, results):
+    """The first own-reasoning anchor round, computed here by hand on the initial model (greedy generate, plain
+    forwards), against what both processes logged: the 5 questions were sharded 3 + 2 (padded to 3 each)."""
+    questions = results[0]["anchor_questions"]
+    assert len(questions) == 5 and results[1]["anchor_questions"] == questions
+    expected = _hand_own_anchor(str(trained_dir), json.dumps(questions))
     for r in results:
         first = r["logs"][0]
         for name, value in zip(("anchor_gain", "anchor_accuracy", "anchor_stated", "anchor_brier"), expected):
@@ -156,13 +166,20 @@ def test_ddp_own_anchor_by_hand(ddp_run, trained_dir):
 @pytest.fixture(scope="module")
 def zero3_run(trained_dir, tmp_path_factory):
     """One ZeRO-3 launch on 2 processes: 3 steps with answer-blind RL and the calibration loss, saving at step 3; then,
-    in the same processes, a resume from that finished checkpoint (``then0``) and a 2-step run of the trace anchor
-    with 3 anchor traces (``then1``)."""
+    in the same processes, a resume from that finished checkpoint (``then0``), a 2-step run of the trace anchor with
+    3 anchor traces (``then1``), LoRA with real generation for 2 steps (``then2``) and the same with gradient
+    checkpointing on (``then3``, refused)."""
     out = tmp_path_factory.mktemp("zero3")
     args = ["--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind"]
     args += ["--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3"]
     args += ["--then", f"resume={out / 'checkpoint-3'},save_steps=0"]
-    args += ["anchor_signal=trace,anchor_rows=0,max_steps=2,answer_blind=false,calibration_weight=0,save_steps=0"]
+    plain = "anchor_rows=0,answer_blind=false,calibration_weight=0,save_steps=0"
+    args += [f"anchor_signal=trace,max_steps=2,{plain}"]
+    lora = f"peft=true,scripted=false,token_budget=16384,{plain}"
+    args += [
+        f"{lora},max_steps=2,no_gradient_checkpointing=true",
+        f"{lora},max_steps=1,no_gradient_checkpointing=false",
+    ]
     return out, _launch("zero3", out, *args)
 
 
@@ -221,23 +238,25 @@ def test_zero3_trace_anchor_uneven_shards_by_hand(zero3_run, trained_dir):
 
 
 @pytest.mark.multiprocess
-def test_zero3_lora_real_generation(trained_dir, tmp_path):
-    """LoRA under ZeRO-3 with real generation: the adapter learns and is saved with HyTuning's card; then, in the same
-    processes, the same run with gradient checkpointing on is refused with the fix named."""
+def test_zero3_lora_real_generation(zero3_run, trained_dir):
+    """LoRA under ZeRO-3 with real generation (``then2`` of the ZeRO-3 launch, on the model loaded again): the adapter
+    learns and is saved with HyTuning's card; the same run with gradient checkpointing on (``then3``) is refused with
+    the fix named."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    args = ("--model", trained_dir, "--peft", "--max_steps", "2", "--no_gradient_checkpointing")
-    results = _launch("zero3", tmp_path, *args, "--then", "no_gradient_checkpointing=false,max_steps=1")
+    out, _ = zero3_run
+    results = _results(out / "then2")
+    assert [r["global_step"] for r in results] == [2, 2]
     _same_lam_every_step(results)
     assert all(r["lora"] and r["finite"] for r in results)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), tmp_path / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(trained_dir), out / "then2" / "adapter")
     b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert b and any(p.abs().sum() > 0 for p in b)  # the adapter learned something (lora_B starts at zero)
-    card = (tmp_path / "adapter" / "README.md").read_text()  # HyTuning's card, not PEFT's generic one
+    card = (out / "then2" / "adapter" / "README.md").read_text()  # HyTuning's card, not PEFT's generic one
     assert "LoRA adapter post-trained with HyTuning" in card and "Not for clinical use" in card
     assert f"Base model: `{trained_dir}`" in card
-    for r in _results(tmp_path / "then0"):
+    for r in _results(out / "then3"):
         assert "gradient_checkpointing=False" in r["error"]
 
 

@@ -10,7 +10,25 @@ import os
 import statistics
 import time
 
-from .presets import ADAPTIVE, ARMS, CONSTANT, GATE_POINTS, METRICS, PRIMARY, REFERENCES, Comparison, Preset, resolve
+import numpy as np
+
+from .presets import (
+    ADAPTIVE,
+    ARMS,
+    BEST_ARM,
+    BEST_CALIBRATION_ARM,
+    BEST_LABEL_FREE,
+    CALIBRATION_ARMS,
+    CONSTANT,
+    GATE_POINTS,
+    METRICS,
+    PRIMARY,
+    REFERENCES,
+    TRAINED_ARMS,
+    Comparison,
+    Preset,
+    resolve,
+)
 from .runner import Run, _done, git_commit, rd_weights, read_jsonl, run_commit, trainer_state
 
 
@@ -81,24 +99,40 @@ def analyse(
             res = {**paired_bootstrap(metric, a[0], b[0], n_boot), "n_seeds": 1}
         return {**res, "excludes_0": _excludes_zero(res)}
 
+    preset = resolve(args)
+    fixed = preset.primary or PRIMARY
+    views = Views(runs, by_arm, by_arm_t, preset, plan)
+    resolved = views.resolve_best() if preset.primary else {}
+
     def compare(c: Comparison) -> dict:
-        a = (by_arm_t if c.reference_scaled else by_arm)[c.reference]
-        b = (by_arm_t if c.arm_scaled else by_arm)[c.arm]
+        arm, reference = resolved.get(c.arm, c.arm), resolved.get(c.reference, c.reference)
+        ref_estimator = resolved.get(c.reference_estimator, c.reference_estimator) or c.estimator
+        sampled = views.sampled_estimator(c.estimator) or views.sampled_estimator(ref_estimator)
+        a = views.side(reference, ref_estimator, c.reference_scaled, c.reference_fitted, sampled)
+        b = views.side(arm, c.estimator, c.arm_scaled, False, sampled)
         common = sorted(set(a) & set(b))
         res = difference(c.metric, [a[s] for s in common], [b[s] for s in common])
-        row = {"name": c.name, "arm": c.arm, "reference": c.reference, "arm_scaled": c.arm_scaled}
-        row.update(reference_scaled=c.reference_scaled, primary=c in PRIMARY, **res)
+        row = {"name": c.name, "arm": arm, "reference": reference, "arm_scaled": c.arm_scaled}
+        row.update(reference_scaled=c.reference_scaled, primary=c in fixed, **res)
+        if c.estimator != "after_reasoning" or c.reference_estimator or c.reference_fitted:
+            row.update(estimator=c.estimator, reference_estimator=ref_estimator, reference_fitted=c.reference_fitted)
+        if sampled:
+            row["questions"] = "sampled"
         row["reading"] = reading(row, c.margin)
         if c.margin is not None:
             row.update(margin=c.margin, non_inferior=bool(res["ci95"][0] > c.margin))
         return row
 
-    primary = [compare(c) for c in PRIMARY if c.arm in by_arm and c.reference in by_arm]
+    def available(c: Comparison) -> bool:
+        names = [resolved.get(c.arm, c.arm), resolved.get(c.reference, c.reference)]
+        return all(n in by_arm for n in names) and resolved.get(c.reference_estimator, "") is not None
+
+    primary = [compare(c) for c in fixed if available(c)]
     pairs = [(arm, ref) for ref in REFERENCES if ref in by_arm for arm in by_arm if arm != ref]
     if ADAPTIVE in by_arm and CONSTANT in by_arm:
         pairs.append((ADAPTIVE, CONSTANT))  # is the adaptive weight worth anything, on every metric?
     exploratory = [Comparison(a, ref, m, scale, scale) for a, ref in pairs for scale in (False, True) for m in METRICS]
-    named = {c.name for c in PRIMARY}  # a primary comparison is bootstrapped and listed once, margin or not
+    named = {c.name for c in fixed}  # a primary comparison is bootstrapped and listed once, margin or not
     comparisons = [compare(c) for c in exploratory if c.name not in named]
     against_base = []
     for arm in by_arm:
@@ -143,10 +177,143 @@ def analyse(
         "validity": _validity(out),
         "files": files,
     }
-    preset = resolve(args)
+    if preset.primary:
+        result["primary_resolved"] = resolved
+        result["table_estimators"], result["estimator_fits"] = views.estimator_tables(n_boot)
     if preset.checkpoint_steps:
         result["premise"] = premise(runs, preset, plan, n_boot)
     return result, base, by_arm
+
+
+class Views:
+    """Each run's answers read through a confidence estimator (:mod:`hytuning_trl.estimators`), raw or after its
+    post-hoc fit on the model's own anchor answers, on all eval questions or on the sampled ones (the questions the
+    sampled estimators are measured on: the last checkpoint's ``premise/step<N>/sampled``)."""
+
+    def __init__(self, runs: list[Run], by_arm: dict, by_arm_t: dict, preset: Preset, plan: dict):
+        self.runs = {(r.arm, r.seed): r for r in runs}
+        self.by_arm, self.by_arm_t, self.preset, self.plan = by_arm, by_arm_t, preset, plan
+        self._anchor: dict = {}
+        self._sampled: dict = {}
+        self.fits: dict[str, dict] = {}
+
+    @staticmethod
+    def sampled_estimator(name: str | None) -> bool:
+        from hytuning_trl.estimators import SAMPLED_ESTIMATORS
+
+        return name in SAMPLED_ESTIMATORS
+
+    def anchor(self, arm: str, seed: int) -> list[dict]:
+        if (arm, seed) not in self._anchor:
+            self._anchor[arm, seed] = records(os.path.join(self.runs[arm, seed].folder, "calibration_anchor"))
+        return self._anchor[arm, seed]
+
+    def sampled(self, arm: str, seed: int) -> list[dict] | None:
+        """The run's answers with samples at its last step, or None where it has none."""
+        if (arm, seed) not in self._sampled:
+            last = max(self.preset.checkpoint_steps, default=None)
+            path = os.path.join(self.runs[arm, seed].folder, "premise", f"step{last}", "sampled")
+            recs = (
+                records(path) if last is not None and os.path.exists(os.path.join(path, "predictions.jsonl")) else None
+            )
+            if recs is not None:
+                full = self.by_arm[arm][seed][: len(recs)]
+                if [r["question"] for r in recs] != [r["question"] for r in full]:
+                    raise RuntimeError(f"{path}: not the first {len(recs)} eval questions of {arm} seed {seed}.")
+            self._sampled[arm, seed] = recs
+        return self._sampled[arm, seed]
+
+    def side(self, arm: str, estimator: str, scaled: bool, fitted: bool, on_sampled: bool) -> dict[int, list[dict]]:
+        """``{seed: records}`` of ``arm`` with ``confidence`` read through ``estimator``: T-scaled (``scaled``,
+        ``after_reasoning``), fitted on the anchor answers (``fitted``: ``fit_estimator``), else raw; on the sampled
+        questions only with ``on_sampled`` (a sampled estimator's are the sampled answers' greedy records; any other
+        estimator's, the first of the eval questions, the same ones)."""
+        from hytuning_trl.estimators import calibrated_confidences, fit_estimator
+
+        out = {}
+        for seed, full in (self.by_arm_t if scaled else self.by_arm)[arm].items():
+            if self.sampled_estimator(estimator):
+                recs = self.sampled(arm, seed)
+                if recs is None:
+                    raise RuntimeError(f"{arm} seed {seed} has no sampled answers for {estimator}.")
+            else:
+                recs = full[: len(self.sampled(arm, seed))] if on_sampled else full
+            if fitted and estimator != "after_reasoning":
+                fit = fit_estimator(self.anchor(arm, seed), estimator)
+                self.fits[f"{arm}/seed{seed}/{estimator}"] = fit
+                conf = calibrated_confidences(recs, estimator, fit)
+                out[seed] = [{**r, "confidence": c} for r, c in zip(recs, conf)]
+            else:
+                out[seed] = as_estimator(recs, estimator) if not scaled else recs
+        return out
+
+    def mean_metric(self, arm: str, estimator: str, metric: str) -> float:
+        from _bootstrap import METRICS as POINT
+
+        values = []
+        for recs in self.side(arm, estimator, False, False, False).values():
+            conf = [r["confidence"] for r in recs]
+            values.append(POINT[metric](np.asarray(conf, float), np.asarray([r["correct"] for r in recs], float)))
+        return float(statistics.mean(values))
+
+    def resolve_best(self) -> dict[str, str | None]:
+        """The names of :data:`~evidence.presets.PRIMARY_V3` resolved by the rules fixed in ``presets`` (None where
+        no finished run has them); the values that decided are kept beside them."""
+        from hytuning_trl.estimators import ESTIMATORS
+
+        cal = {a: self.mean_metric(a, "after_reasoning", "auroc") for a in CALIBRATION_ARMS if a in self.by_arm}
+        trained = {a: self.mean_metric(a, "after_reasoning", "brier") for a in TRAINED_ARMS if a in self.by_arm}
+        label_free = {}
+        if "rd_only" in self.by_arm:
+            for name in ESTIMATORS[1:]:
+                if self.sampled_estimator(name) and any(
+                    self.sampled("rd_only", s) is None for s in self.by_arm["rd_only"]
+                ):
+                    continue
+                label_free[name] = self.mean_metric_on("rd_only", name)
+        return {
+            BEST_CALIBRATION_ARM: max(cal, key=cal.get) if cal else None,
+            BEST_ARM: min(trained, key=trained.get) if trained else None,
+            BEST_LABEL_FREE: max(label_free, key=label_free.get) if label_free else None,
+            "values": {"calibration_arms_auroc": cal, "trained_arms_brier": trained, "rd_only_auroc": label_free},
+        }
+
+    def mean_metric_on(self, arm: str, estimator: str) -> float:
+        """Mean AUROC over seeds of ``estimator`` on the questions it is measured on."""
+        from _bootstrap import METRICS as POINT
+
+        values = []
+        for recs in self.side(arm, estimator, False, False, self.sampled_estimator(estimator)).values():
+            conf = np.asarray([r["confidence"] for r in recs], float)
+            values.append(POINT["auroc"](conf, np.asarray([r["correct"] for r in recs], float)))
+        return float(statistics.mean(values))
+
+    def estimator_tables(self, n_boot: int) -> tuple[dict, dict]:
+        """Per arm and estimator, every metric with its interval over seeds and questions, raw and fitted on the
+        anchor answers (sampled estimators: raw only, on the sampled questions; their anchor answers have no
+        samples); and the fits, with those at a bound of their range flagged."""
+        from _bootstrap import metric_interval
+
+        from hytuning_trl.estimators import ESTIMATORS
+
+        tables: dict[str, dict] = {}
+        for arm, seeds in self.by_arm.items():
+            for name in ESTIMATORS:
+                sampled = self.sampled_estimator(name)
+                if sampled and any(self.sampled(arm, s) is None for s in seeds):
+                    continue
+                row = {}
+                for kind, fitted in (("raw", False), ("fitted", True)):
+                    if fitted and sampled:
+                        continue
+                    scaled = fitted and name == "after_reasoning"
+                    by_seed = self.side(arm, name, scaled, fitted, sampled)
+                    row[kind] = {m: metric_interval(m, [by_seed[s] for s in sorted(by_seed)], n_boot) for m in METRICS}
+                tables.setdefault(arm, {})[name] = row
+        at_bound = [
+            k for k, f in self.fits.items() if f["kind"] == "power" and not 1e-3 * 1.001 < f["value"] < 1e3 * 0.999
+        ]
+        return tables, {"fits": self.fits, "at_bound": at_bound}
 
 
 def reading(row: dict, margin: float | None = None) -> str:

@@ -68,11 +68,22 @@ class Comparison:
     arm_scaled: bool = False
     reference_scaled: bool = False
     margin: float | None = None
+    #: the confidence each side is read through (:mod:`hytuning_trl.estimators`); ``reference_estimator`` None: the
+    #: same as ``estimator``. ``reference_fitted``: the reference estimator after its post-hoc fit on the model's
+    #: anchor answers (``fit_estimator``), as temperature scaling is for ``after_reasoning``.
+    estimator: str = "after_reasoning"
+    reference_estimator: str | None = None
+    reference_fitted: bool = False
 
     @property
     def name(self) -> str:
-        side = lambda a, s: a + (" (T-scaled)" if s else "")  # noqa: E731
-        return f"{side(self.arm, self.arm_scaled)} vs {side(self.reference, self.reference_scaled)}: {self.metric}"
+        def side(arm: str, scaled: bool, estimator: str, fitted: bool = False) -> str:
+            read = "" if estimator == "after_reasoning" else f" [{estimator}{', fitted' if fitted else ''}]"
+            return arm + read + (" (T-scaled)" if scaled else "")
+
+        ref = side(self.reference, self.reference_scaled, self.reference_estimator or self.estimator,
+                   self.reference_fitted)  # fmt: skip
+        return f"{side(self.arm, self.arm_scaled, self.estimator)} vs {ref}: {self.metric}"
 
 
 #: Fixed before any run (issue 23, point 4). Every other interval in the output is exploratory.
@@ -84,6 +95,32 @@ PRIMARY = [
     Comparison("hytuning", "rl_only", "brier"),
     Comparison("hytuning", "hytuning_const", "brier"),
     Comparison("hytuning", "rd_only", "brier", reference_scaled=True),  # the calibration engineer's baseline
+]
+
+
+#: Names that the analysis resolves from the finished runs by rules fixed here, before the run (issue 34, point 4):
+#: the calibration arm (``rd_cal``, ``hytuning_blind_cal``) with the higher mean ``after_reasoning`` AUROC over its
+#: seeds; the trained arm other than ``rd_only`` with the lowest mean ``after_reasoning`` Brier; ``rd_only``'s
+#: label-free estimator other than ``after_reasoning`` with the highest mean AUROC at the last step (a sampled one is
+#: compared on the sampled questions). A choice among a few, made after seeing them: the intervals do not account for
+#: it, and the report says so.
+BEST_CALIBRATION_ARM, BEST_ARM, BEST_LABEL_FREE = "best calibration arm", "best arm", "best label-free estimator"
+CALIBRATION_ARMS = ("rd_cal", "hytuning_blind_cal")
+TRAINED_ARMS = ("hytuning", "hytuning_blind", "rd_cal", "hytuning_blind_cal")
+
+#: Issue 34's primary comparisons (point 4), on the single-pass confidence (``after_reasoning``) unless named.
+PRIMARY_V3 = [
+    Comparison("hytuning_blind", "hytuning", "auroc"),  # does taking the answer out of RL stop the damage?
+    Comparison("hytuning_blind", "hytuning", "brier"),
+    Comparison("hytuning_blind", "rd_only", "accuracy", margin=-0.03),
+    Comparison("hytuning_blind", "rd_only", "brier"),
+    Comparison("rd_cal", "rd_only", "auroc"),
+    Comparison("rd_cal", "rd_only", "brier"),
+    Comparison("rd_cal", "rd_only", "accuracy", margin=-0.03),
+    # within 0.05 (lower bound above -0.05): training taught the answer what the reasoning knew
+    Comparison(BEST_CALIBRATION_ARM, "rd_only", "auroc", margin=-0.05, reference_estimator=BEST_LABEL_FREE),
+    Comparison(BEST_ARM, "rd_only", "brier", reference_scaled=True),
+    Comparison(BEST_ARM, "rd_only", "brier", reference_estimator="weakest_token", reference_fitted=True),
 ]
 
 
@@ -158,6 +195,8 @@ class Preset:
     # question: no evaluation on the eval questions, no probe; each run's anchor questions answered greedily and with
     # ``num_samples`` samples at ``sample_temperature`` (where the errors are)
     pilot: bool = False
+    # the comparisons fixed before the run (None: issue 23's PRIMARY)
+    primary: list[Comparison] | None = None
 
 
 PRESETS: dict[str, Preset] = {

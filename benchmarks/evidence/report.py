@@ -83,6 +83,8 @@ def markdown(result: dict, args) -> str:
         f"rd_only against base excludes 0 on: {', '.join(move['rd_only_vs_base_excluding_0']) or 'nothing'} -> "
         f"{'yes' if move['metrics_move'] else 'NO: raise the learning rate or the steps before reading anything'}."
     )
+    if result.get("table_estimators"):
+        lines += estimators_markdown(result)
     if result.get("premise"):
         lines += premise_markdown(result["premise"])
     if result["validity"]:
@@ -92,6 +94,35 @@ def markdown(result: dict, args) -> str:
             ci = _ci(row) if row.get("ci95") else "n/a"
             lines.append(f"| {row['corruption']} | {row['n']} | {_fmt(row['auroc'])} | {ci} |")
     return "\n".join(lines) + "\n"
+
+
+def estimators_markdown(result: dict) -> list[str]:
+    """How the primary comparisons' "best" names were resolved, then every arm read through every estimator (AUROC
+    and Brier with intervals, raw and after the estimator's post-hoc fit on the anchor answers)."""
+    from .presets import BEST_ARM, BEST_CALIBRATION_ARM, BEST_LABEL_FREE
+
+    resolved = result["primary_resolved"]
+    lines = [
+        f"\nResolved by the rules fixed before the run (a choice after seeing them; the intervals do not account for "
+        f"it): {BEST_CALIBRATION_ARM} = {resolved[BEST_CALIBRATION_ARM]}, {BEST_ARM} = {resolved[BEST_ARM]}, "
+        f"{BEST_LABEL_FREE} of rd_only = {resolved[BEST_LABEL_FREE]}.\n",
+        "Every arm through every estimator (exploratory; sampled estimators on the sampled questions, raw only):\n",
+        "| arm | estimator | AUROC raw | AUROC fitted | Brier raw | Brier fitted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, by_name in result["table_estimators"].items():
+        for name, row in by_name.items():
+            cells = []
+            for metric in ("auroc", "brier"):
+                for kind in ("raw", "fitted"):
+                    res = row.get(kind, {}).get(metric)
+                    cells.append(f"{_fmt(res['value'])} {_ci(res)}" if res else "n/a")
+            lines.append(f"| {arm} | {name} | " + " | ".join(cells) + " |")
+    bound = result["estimator_fits"]["at_bound"]
+    if bound:
+        names = ", ".join(bound)
+        lines.append(f"\nPower fits at a bound of their range (the anchor answers do not inform them): {names}.")
+    return lines
 
 
 def premise_markdown(premise: dict) -> list[str]:
@@ -139,6 +170,13 @@ def _comparison_table(rows: list[dict]) -> list[str]:
     for c in rows:
         arm = c["arm"] + (" (T)" if c.get("arm_scaled") or c.get("scaled") else "")
         ref = c["reference"] + (" (T)" if c.get("reference_scaled") or c.get("scaled") else "")
+        if c.get("estimator"):  # read through another estimator than after_reasoning, on one side or both
+            if c["estimator"] != "after_reasoning":
+                arm += f" [{c['estimator']}]"
+            if c["reference_estimator"] != "after_reasoning" or c["reference_fitted"]:
+                ref += f" [{c['reference_estimator']}{', fitted' if c['reference_fitted'] else ''}]"
+        if c.get("questions") == "sampled":
+            ref += " (sampled questions)"
         text = c.get("reading") or reading(c)
         out.append(f"| {arm} | {ref} | {c['metric']} | {_fmt(c['diff'])} | {_ci(c)} | {c['n_seeds']} | {text} |")
     return out
