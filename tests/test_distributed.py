@@ -16,7 +16,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "distributed", "hytuning_run.py")
 ZERO3 = os.path.join(ROOT, "examples", "accelerate_configs", "deepspeed_zero3_cpu.yaml")
-TIMEOUT = 400  # a hang is a failure
+TIMEOUT = 600  # a hang is a failure (a launch checks several things: up to ~4 minutes on a busy 2-core machine)
 
 # one xdist worker runs this file: its module fixtures (one launch each) are built once
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -79,12 +79,13 @@ def _traces_sharded(results):
 @pytest.fixture(scope="module")
 def ddp_run(trained_dir, tmp_path_factory):
     """One torchrun launch: 3 steps saving at step 2, then, in the same processes, a fresh trainer resumed from
-    checkpoint-2 to step 3 (``then0``) and one resumed from it at max_steps 2 (``then1``)."""
+    checkpoint-2 to step 3 (``then0``), one resumed from it at max_steps 2 (``then1``) and the example script
+    (``example/``: :func:`test_example_script_two_processes`)."""
     out = tmp_path_factory.mktemp("ddp")
     ckpt = out / "checkpoint-2"
     args = ["--model", trained_dir, "--scripted", "--inject_nonfinite", "--save_steps", "2", "--max_steps", "3"]
     args += ["--token_budget", "200", "--anchor_rows", "5", "--then", f"resume={ckpt},save_steps=0"]
-    args += [f"resume={ckpt},max_steps=2,save_steps=0"]
+    args += [f"resume={ckpt},max_steps=2,save_steps=0", "--example", *_example_args(trained_dir, out / "example")]
     results = _launch("ddp", out, *args)
     resumed = [_results(out / f"then{i}") for i in (0, 1)]
     return out, results, resumed
@@ -168,7 +169,7 @@ def zero3_run(trained_dir, tmp_path_factory):
     """One ZeRO-3 launch on 2 processes: 3 steps with answer-blind RL and the calibration loss, saving at step 3; then,
     in the same processes, a resume from that finished checkpoint (``then0``), a 2-step run of the trace anchor with
     3 anchor traces (``then1``), LoRA with real generation for 2 steps (``then2``) and the same with gradient
-    checkpointing on (``then3``, refused)."""
+    checkpointing on (``then3``, refused), and the example script (``example/``)."""
     out = tmp_path_factory.mktemp("zero3")
     args = ["--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind"]
     args += ["--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3"]
@@ -180,6 +181,7 @@ def zero3_run(trained_dir, tmp_path_factory):
         f"{lora},max_steps=2,no_gradient_checkpointing=true",
         f"{lora},max_steps=1,no_gradient_checkpointing=false",
     ]
+    args += ["--example", *_example_args(trained_dir, out / "example")]
     return out, _launch("zero3", out, *args)
 
 
@@ -352,29 +354,27 @@ def test_interrupted_training_leaves_loadable_checkpoint(trained_dir, tmp_path, 
     assert state["generation_rounds"] == trainer_state["global_step"]
 
 
-SCRIPT = os.path.join(ROOT, "examples", "train_medqa.py")
 RECIPE = os.path.join(ROOT, "examples", "recipes", "cpu_default.yaml")
+
+
+def _example_args(trained_dir, out) -> list[str]:
+    """The documented example's arguments for the multi-process launches: 1 step, 6 eval questions before and after."""
+    return [
+        "--config", RECIPE, "--model_name_or_path", str(trained_dir), "--output_dir", str(out), "--max_steps", "1",
+        "--per_device_train_batch_size", "2", "--max_completion_length", "32", "--max_eval_samples", "6",
+        "--eval_batch_size", "2", "--distill_max_length", "1024",
+    ]  # fmt: skip
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("kind", ["ddp", "zero3"])
-def test_example_script_two_processes(trained_dir, tmp_path, kind):
-    """The documented commands, on 2 CPU processes: examples/train_medqa.py end to end with the before and after
+def test_example_script_two_processes(request, kind):
+    """examples/train_medqa.py's own parse and main (the script's ``__main__``) on 2 CPU processes, last in the DDP and
+    the ZeRO-3 launch (torchrun; accelerate launch with the ZeRO-3 config, as documented), with the before and after
     evaluations sharded across the processes. Bug it catches: the evaluation loading the model on one process while
     ZeRO-3, registered globally by the config, partitions it with collectives the other process never joins (a hang:
-    the timeout fails the test)."""
-    out = tmp_path / "run"
-    if kind == "ddp":
-        cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_port()), SCRIPT]
-    else:
-        cmd = ["accelerate", "launch", "--config_file", ZERO3, "--main_process_port", str(_port()), SCRIPT]
-    cmd += [
-        "--config", RECIPE, "--model_name_or_path", trained_dir, "--output_dir", str(out), "--max_steps", "1",
-        "--per_device_train_batch_size", "2", "--max_completion_length", "32", "--max_eval_samples", "6",
-        "--eval_batch_size", "2", "--distill_max_length", "1024",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    the timeout fails the launch)."""
+    out = request.getfixturevalue(f"{kind}_run")[0] / "example"
     for stage in ("calibration_before", "calibration_after"):
         report = json.loads((out / stage / "calibration.json").read_text())
         assert report["n"] == 6 and report["settings"]["processes"] == 2  # every question, answered by both shards

@@ -6,7 +6,9 @@ the step counts of its completions, and (on resume) the mixing state restored at
 ``--then "resume=DIR,max_steps=2" "anchor_signal=trace" ...`` runs, after the first run and in the same processes, one
 more run per spec, each a fresh trainer on the model loaded again, with the first run's arguments changed as the spec
 says (no fault injected), into ``<out>/then<i>/rank<r>.json``; a run that the trainer refuses with a ValueError (at
-construction or at the start of ``train``) writes the message as ``error``. One launch checks several things.
+construction or at the start of ``train``) writes the message as ``error``. ``--example ARGS...`` (last on the command
+line) then runs ``examples/train_medqa.py``'s own ``parse`` and ``main`` with ``ARGS`` in the same processes. One
+launch checks several things.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 
 import torch
 from datasets import Dataset
@@ -29,6 +32,8 @@ from hytuning_trl import (
 )
 from hytuning_trl import answers as answers_module
 from hytuning_trl._testing import scripted_examples
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
 
 
 class StepCount(InternalFeedbackReward):
@@ -71,12 +76,22 @@ def main():
     p.add_argument("--answer_blind", action="store_true", help="answer_blind_rl=True")
     p.add_argument("--calibration_weight", type=float, default=0.0)
     p.add_argument("--then", nargs="*", default=[], metavar="NAME=VALUE,...")
+    p.add_argument(
+        "--example",
+        nargs=argparse.REMAINDER,
+        help="last: examples/train_medqa.py's own parse and main with these arguments, in the same processes",
+    )
     a = p.parse_args()
     run(a, a.out, inject_nonfinite=a.inject_nonfinite)
     for i, spec in enumerate(a.then):
         StepCount.seen.clear()
         Spy.restored = {}
         run(changed(a, spec), os.path.join(a.out, f"then{i}"), inject_nonfinite=False)
+    if a.example is not None:  # last: the example ends the process group itself
+        sys.path.insert(0, EXAMPLES)
+        import train_medqa
+
+        train_medqa.main(*train_medqa.parse(a.example))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
