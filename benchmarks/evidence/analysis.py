@@ -248,12 +248,14 @@ class Views:
         return out
 
     def mean_metric(self, arm: str, estimator: str, metric: str) -> float:
+        """Mean over seeds of ``metric`` of ``arm`` read through ``estimator`` (raw), on the questions it is measured
+        on (a sampled estimator: the sampled ones)."""
         from _bootstrap import METRICS as POINT
 
         values = []
-        for recs in self.side(arm, estimator, False, False, False).values():
-            conf = [r["confidence"] for r in recs]
-            values.append(POINT[metric](np.asarray(conf, float), np.asarray([r["correct"] for r in recs], float)))
+        for recs in self.side(arm, estimator, False, False, self.sampled_estimator(estimator)).values():
+            conf = np.asarray([r["confidence"] for r in recs], float)
+            values.append(POINT[metric](conf, np.asarray([r["correct"] for r in recs], float)))
         return float(statistics.mean(values))
 
     def resolve_best(self) -> dict[str, str | None]:
@@ -270,23 +272,13 @@ class Views:
                     self.sampled("rd_only", s) is None for s in self.by_arm["rd_only"]
                 ):
                     continue
-                label_free[name] = self.mean_metric_on("rd_only", name)
+                label_free[name] = self.mean_metric("rd_only", name, "auroc")
         return {
             BEST_CALIBRATION_ARM: max(cal, key=cal.get) if cal else None,
             BEST_ARM: min(trained, key=trained.get) if trained else None,
             BEST_LABEL_FREE: max(label_free, key=label_free.get) if label_free else None,
             "values": {"calibration_arms_auroc": cal, "trained_arms_brier": trained, "rd_only_auroc": label_free},
         }
-
-    def mean_metric_on(self, arm: str, estimator: str) -> float:
-        """Mean AUROC over seeds of ``estimator`` on the questions it is measured on."""
-        from _bootstrap import METRICS as POINT
-
-        values = []
-        for recs in self.side(arm, estimator, False, False, self.sampled_estimator(estimator)).values():
-            conf = np.asarray([r["confidence"] for r in recs], float)
-            values.append(POINT["auroc"](conf, np.asarray([r["correct"] for r in recs], float)))
-        return float(statistics.mean(values))
 
     def estimator_tables(self, n_boot: int) -> tuple[dict, dict]:
         """Per arm and estimator, every metric with its interval over seeds and questions, raw and fitted on the

@@ -166,6 +166,10 @@ _LEARNING = _with(_LEARNING, save_strategy="steps") + ["--save_steps", "10", "--
 _LEARNING += ["--lr_scheduler_type", "constant"]
 
 
+#: The evidence regime's run length and evaluation (with ``_LEARNING``): shared by the presets that run in it.
+_EVIDENCE_REGIME = {"max_steps": 50, "probe_steps": 20, "max_new_tokens": 96, "n_traces": 80}
+
+
 @dataclass
 class Preset:
     """What a preset runs. ``budget_minutes`` None: ``max_steps`` steps, no measurement."""
@@ -228,10 +232,7 @@ PRESETS: dict[str, Preset] = {
             "chord": 1,
         },
         training=_LEARNING,
-        max_steps=50,
-        probe_steps=20,
-        max_new_tokens=96,
-        n_traces=80,
+        **_EVIDENCE_REGIME,
         jobs=2,
     ),  # fmt: skip
     # Issue 34's premise: once RD has converged, does any label-free estimator still see the errors? rd_only at 3
@@ -241,10 +242,7 @@ PRESETS: dict[str, Preset] = {
     "premise": Preset(
         seeds={"rd_only": 3},
         training=_with(_LEARNING, save_total_limit="5"),
-        max_steps=50,
-        probe_steps=20,
-        max_new_tokens=96,
-        n_traces=80,
+        **_EVIDENCE_REGIME,
         n_eval=800,
         jobs=2,
         checkpoint_steps=(30, 40, 50),
@@ -255,10 +253,7 @@ PRESETS: dict[str, Preset] = {
         name: Preset(
             seeds={"rd_only": 1, **{f"rd_cal_{target}_{weight}": 1 for weight in PILOT_WEIGHTS}},
             training=_LEARNING,
-            max_steps=50,
-            probe_steps=20,
-            max_new_tokens=96,
-            n_traces=80,
+            **_EVIDENCE_REGIME,
             n_eval=800,
             jobs=2,
             pilot=True,
