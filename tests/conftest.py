@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny tokenizer, a tiny model pre-trained on scripted traces (once per session), datasets."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -27,12 +28,34 @@ def tokenizer():
     return tiny_tokenizer()
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """The folder ``name`` that ``build(folder)`` fills, built once per test session, whichever xdist worker asks
+    first and however often a fixture is set up again: the others wait on a file lock and read what it wrote.
+
+    Under xdist each worker has its own base temp folder inside the session's; the folder goes in the session's, so
+    the workers share it (without xdist, in the run's own). Expensive things (the trained tiny model, a two-process
+    launch) are built here so that a module fixture set up a second time costs nothing."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory):
-    """A tiny Llama that writes traces with steps, answers and EOS (trained once, ~10 s)."""
+    """A tiny Llama that writes traces with steps, answers and EOS (trained once per session, ~10 s)."""
     from hytuning_trl._testing import save_trained_tiny_model
 
-    return save_trained_tiny_model(str(tmp_path_factory.mktemp("tiny-trained")))
+    return str(built_once(tmp_path_factory, "tiny-trained", lambda folder: save_trained_tiny_model(str(folder))))
 
 
 @pytest.fixture

@@ -210,6 +210,9 @@ def _predictions(folder):
 
 
 def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
+    """The cpu preset end to end on the tiny model (4 arms, 2 seeds, 2 steps): shared data, the table and the primary
+    comparisons recomputed from the predictions files, temperature scaling and the gate by hand, --analyse on a
+    partial output, resume; then the budget measurement on the same output."""
     out = str(tmp_path / "compare")
     argv = ["--preset", "cpu", "--arms", "rl_only", "rd_only", "hytuning", "hytuning_const", "--seeds", "2"]
     argv += ["--max_steps", "2"]
@@ -363,28 +366,27 @@ def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
         if key != ("rd_only", 1):
             assert os.path.getmtime(os.path.join(out, "runs", key[0], f"seed{key[1]}", "DONE.json")) == stamp
 
-
-def test_measurement_reads_the_calibration_run(tmp_path, trained_dir):
-    """The step time is the median of the logged step times after the first, the evaluation cost per question the
-    probe's logged seconds over the probe questions, read here from the calibration run's own log."""
-    out = str(tmp_path / "measure")
+    # the budget measurement (what a start without --max_steps does first), on the same output: the base evaluation
+    # and the validity check are there, so only the calibration run is new. The step time is the median of its logged
+    # step times after the first, the evaluation cost per question the probe's logged seconds over the 12 probe
+    # questions, read here from the calibration run's own log.
     args, extra = cli.parse(
-        ["--preset", "cpu", "--output_dir", out, "--max_eval_samples", "8", "--jobs", "2", "--calibration_steps", "3"]
-        + ["--", "--model_name_or_path", trained_dir, "--max_completion_length", "16", "--eval_max_new_tokens", "16"]
+        [*own[: own.index("--max_steps")], *own[own.index("--max_steps") + 2 :], *argv[argv.index("--") :]]
     )
+    assert args.max_steps is None and args.calibration_steps == 3
     files = runner.prepare_data(args, presets.PRESETS["cpu"])
+    log = os.path.join(out, "base_eval.log")
+    stamp = os.path.getmtime(log)
     timing = runner.measure(args, presets.PRESETS["cpu"], files, extra, trained_dir)
     with open(os.path.join(out, "_calibration", "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     times = [h["step_time"] for h in history if "step_time" in h]  # the first step (warm-up) is left out
     assert len(times) == 3 and timing["step_time_s"] == pytest.approx((times[1] + times[2]) / 2)
     probes = [h["eval_calibration/seconds"] for h in history if "eval_calibration/seconds" in h]
-    assert len(probes) == 1 and timing["probe_s_per_question"] == pytest.approx(probes[0] / 8)
+    assert len(probes) == 1 and timing["probe_s_per_question"] == pytest.approx(probes[0] / 12)
     assert timing["base_eval_s"] > 0 and os.path.exists(os.path.join(out, "validity", "validity.json"))
-
+    assert os.path.getmtime(log) == stamp  # the base model was not evaluated again
     # a start interrupted after the measurements resumes with them: nothing measured again, nothing lost
-    log = os.path.join(out, "base_eval.log")
-    stamp = os.path.getmtime(log)
     again = runner.measure(args, presets.PRESETS["cpu"], files, extra, trained_dir, calibrate=False)
     assert again == timing and os.path.getmtime(log) == stamp
 

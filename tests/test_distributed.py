@@ -12,13 +12,14 @@ import time
 
 import pytest
 import torch
+from conftest import built_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "distributed", "hytuning_run.py")
 ZERO3 = os.path.join(ROOT, "examples", "accelerate_configs", "deepspeed_zero3_cpu.yaml")
 TIMEOUT = 600  # a hang is a failure (a launch checks several things: up to ~4 minutes on a busy 2-core machine)
 
-# one xdist worker runs this file: its module fixtures (one launch each) are built once
+# one xdist worker runs this file: its module fixtures (one launch each, through conftest.built_once) are built once
 pytestmark = pytest.mark.xdist_group("distributed")
 
 
@@ -50,12 +51,16 @@ def _results(out):
     return results
 
 
-def _launch(kind, out, *args):
-    proc = _run(kind, out, *args)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+def _checked(out):
     results = _results(out)
     assert [r["world_size"] for r in results] == [2, 2]
     return results
+
+
+def _launch(kind, out, *args):
+    proc = _run(kind, out, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return _checked(out)
 
 
 def _same_lam_every_step(results):
@@ -81,12 +86,16 @@ def ddp_run(trained_dir, tmp_path_factory):
     """One torchrun launch: 3 steps saving at step 2, then, in the same processes, a fresh trainer resumed from
     checkpoint-2 to step 3 (``then0``), one resumed from it at max_steps 2 (``then1``) and the example script
     (``example/``: :func:`test_example_script_two_processes`)."""
-    out = tmp_path_factory.mktemp("ddp")
-    ckpt = out / "checkpoint-2"
-    args = ["--model", trained_dir, "--scripted", "--inject_nonfinite", "--save_steps", "2", "--max_steps", "3"]
-    args += ["--token_budget", "200", "--anchor_rows", "5", "--then", f"resume={ckpt},save_steps=0"]
-    args += [f"resume={ckpt},max_steps=2,save_steps=0", "--example", *_example_args(trained_dir, out / "example")]
-    results = _launch("ddp", out, *args)
+
+    def launch(out):
+        ckpt = out / "checkpoint-2"
+        args = ["--model", trained_dir, "--scripted", "--inject_nonfinite", "--save_steps", "2", "--max_steps", "3"]
+        args += ["--token_budget", "200", "--anchor_rows", "5", "--then", f"resume={ckpt},save_steps=0"]
+        args += [f"resume={ckpt},max_steps=2,save_steps=0", "--example", *_example_args(trained_dir, out / "example")]
+        _launch("ddp", out, *args)
+
+    out = built_once(tmp_path_factory, "ddp", launch)
+    results = _checked(out)
     resumed = [_results(out / f"then{i}") for i in (0, 1)]
     return out, results, resumed
 
@@ -170,19 +179,23 @@ def zero3_run(trained_dir, tmp_path_factory):
     in the same processes, a resume from that finished checkpoint (``then0``), a 2-step run of the trace anchor with
     3 anchor traces (``then1``), LoRA with real generation for 2 steps (``then2``) and the same with gradient
     checkpointing on (``then3``, refused), and the example script (``example/``)."""
-    out = tmp_path_factory.mktemp("zero3")
-    args = ["--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind"]
-    args += ["--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3"]
-    args += ["--then", f"resume={out / 'checkpoint-3'},save_steps=0"]
-    plain = "anchor_rows=0,answer_blind=false,calibration_weight=0,save_steps=0"
-    args += [f"anchor_signal=trace,max_steps=2,{plain}"]
-    lora = f"peft=true,scripted=false,token_budget=16384,{plain}"
-    args += [
-        f"{lora},max_steps=2,no_gradient_checkpointing=true",
-        f"{lora},max_steps=1,no_gradient_checkpointing=false",
-    ]
-    args += ["--example", *_example_args(trained_dir, out / "example")]
-    return out, _launch("zero3", out, *args)
+
+    def launch(out):
+        args = ["--model", trained_dir, "--scripted", "--max_steps", "3", "--anchor_rows", "5", "--answer_blind"]
+        args += ["--calibration_weight", "1.0", "--token_budget", "200", "--save_steps", "3"]
+        args += ["--then", f"resume={out / 'checkpoint-3'},save_steps=0"]
+        plain = "anchor_rows=0,answer_blind=false,calibration_weight=0,save_steps=0"
+        args += [f"anchor_signal=trace,max_steps=2,{plain}"]
+        lora = f"peft=true,scripted=false,token_budget=16384,{plain}"
+        args += [
+            f"{lora},max_steps=2,no_gradient_checkpointing=true",
+            f"{lora},max_steps=1,no_gradient_checkpointing=false",
+        ]
+        args += ["--example", *_example_args(trained_dir, out / "example")]
+        _launch("zero3", out, *args)
+
+    out = built_once(tmp_path_factory, "zero3", launch)
+    return out, _checked(out)
 
 
 @pytest.mark.multiprocess
