@@ -367,13 +367,17 @@ def as_estimator(recs: list[dict], name: str) -> list[dict]:
     return [{**r, "confidence": estimator_confidences(r)[name]} for r in recs]
 
 
-def premise_records(run: Run, step: int, plan: dict) -> tuple[list[dict], list[dict]]:
+def premise_records(run: Run, step: int, plan: dict, preset: Preset) -> tuple[list[dict], list[dict]]:
     """``(all eval questions, single pass; the sampled questions, with samples)`` of ``run``'s checkpoint ``step``
     (:func:`evidence.runner.checkpoint_evaluations`: the last step's single pass is the run's own
-    ``calibration_after``)."""
+    ``calibration_after``; at the last checkpoint the single pass includes the ``extra_eval`` questions after the
+    eval questions where the preset asks for them)."""
     folder = os.path.join(run.folder, "premise", f"step{step}")
     full = os.path.join(run.folder, "calibration_after") if step == plan["max_steps"] else os.path.join(folder, "full")
-    return records(full), records(os.path.join(folder, "sampled"))
+    single = records(full)
+    if preset.extra_eval and step == max(preset.checkpoint_steps):
+        single += records(os.path.join(folder, "extra"))
+    return single, records(os.path.join(folder, "sampled"))
 
 
 def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
@@ -383,7 +387,10 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
     (single-pass estimators on all eval questions, sampled ones on the sampled questions). At the last checkpoint,
     over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
-    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0."""
+    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0.
+
+    A checkpoint whose evaluations are not all there yet (a run in progress, ``--analyse``) is left out and named in
+    ``missing``; the last-checkpoint comparison is over the runs that have it."""
     from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
 
     from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS
@@ -392,10 +399,16 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
         return as_estimator(sampled if name in SAMPLED_ESTIMATORS else full, name)
 
     per_run: dict[str, dict[str, dict]] = {}
+    found: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
+    missing = []
     for r in runs:
         rows = per_run.setdefault(f"{r.arm}/seed{r.seed}", {})
         for step in preset.checkpoint_steps:
-            full, sampled = premise_records(r, step, plan)
+            try:
+                full, sampled = found[r.folder, step] = premise_records(r, step, plan, preset)
+            except FileNotFoundError:
+                missing.append(f"{r.arm}/seed{r.seed}/step{step}")
+                continue
             rows[str(step)] = {
                 "accuracy": sum(x["correct"] for x in full) / len(full),
                 "errors": sum(not x["correct"] for x in full),
@@ -410,9 +423,13 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     for name in ESTIMATORS[1:]:
         pairs = []
         for r in runs:
-            full, sampled = premise_records(r, last, plan)
+            if (r.folder, last) not in found:
+                continue
+            full, sampled = found[r.folder, last]
             recs = sampled if name in SAMPLED_ESTIMATORS else full
             pairs.append((as_estimator(recs, "after_reasoning"), as_estimator(recs, name)))
+        if not pairs:
+            break
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]
         res = (
             two_stage_bootstrap("auroc", a, b, n_boot)
@@ -426,6 +443,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
         "num_samples": preset.num_samples,
         "sample_temperature": preset.sample_temperature,
         "per_run": per_run,
+        "missing": missing,
+        "extra_eval": preset.extra_eval,
         "last_step": last,
         "margin": PREMISE_MARGIN,
         "against_after_reasoning": against,

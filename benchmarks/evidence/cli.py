@@ -146,6 +146,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="Evaluate these checkpoints of every run with every confidence estimator (the premise; default: the "
         "preset's, e.g. 30 40 50 for --preset premise).",
     )
+    p.add_argument(
+        "--extra_eval",
+        type=int,
+        help="Evaluate the last checkpoint single pass on this many more eval questions too (the premise; default: "
+        "the preset's, 800 for --preset premise).",
+    )
     p.add_argument("--replan", action="store_true", help="Measure and plan again although plan.json exists.")
     p.add_argument("--dry_run", action="store_true", help="Print the plan and the commands; run nothing.")
     p.add_argument(

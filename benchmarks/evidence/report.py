@@ -145,6 +145,14 @@ def premise_markdown(premise: dict) -> list[str]:
                 f"| {run} | {step} | {_fmt(row['accuracy'])} | {row['errors']}/{row['n_questions']} | "
                 f"{_fmt(row['maj_at_k'])} | " + " | ".join(cells) + " |"
             )
+    if premise.get("missing"):
+        lines.append(f"\nNot evaluated yet (left out): {', '.join(premise['missing'])}.")
+    if premise.get("extra_eval"):
+        lines.append(
+            f"\nAt step {premise['last_step']}, accuracy, errors and the single-pass estimators are measured on "
+            f"{premise['extra_eval']} eval questions more than at the earlier steps (the next ones of the task), the "
+            "sampled estimators on the same sampled questions."
+        )
     lines.append(
         f"\nAt step {premise['last_step']}, each estimator's AUROC minus after_reasoning's on the same questions "
         f"(sees more: >= {premise['margin']} with the interval above 0):\n"

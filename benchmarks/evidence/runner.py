@@ -41,11 +41,13 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 def derived_files(args: argparse.Namespace) -> dict[str, str]:
     """Where :func:`prepare_data` writes the files every run reads (the probe: ``--probe_file`` when given;
-    ``sampled``: the eval questions the sampled estimators are measured on, for presets with ``checkpoint_steps``)."""
+    ``sampled``: the eval questions the sampled estimators are measured on, for presets with ``checkpoint_steps``;
+    ``eval_extra``: the questions after them the last checkpoint is also evaluated on, for presets with
+    ``extra_eval``)."""
     data = os.path.join(args.output_dir, "data")
-    names = ("rd_traces", "anchor_traces", "eval_used", "probe") + (
-        ("sampled",) if resolve(args).checkpoint_steps else ()
-    )
+    preset = resolve(args)
+    names = ("rd_traces", "anchor_traces", "eval_used", "probe") + (("sampled",) if preset.checkpoint_steps else ())
+    names += ("eval_extra",) if preset.checkpoint_steps and preset.extra_eval else ()
     files = {k: os.path.join(data, f"{k}.jsonl") for k in names}
     if args.probe_file:
         files["probe"] = args.probe_file
@@ -57,14 +59,21 @@ def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
     data = os.path.join(args.output_dir, "data")
     os.makedirs(data, exist_ok=True)
     files = {"train": args.train_file, "eval": args.eval_file, "traces": args.traces_file}
+    extra_rows = None
     if not all(files.values()):
         import synthetic_task
 
-        splits = synthetic_task.generate(args.data_seed, n_traces=preset.n_traces, n_eval=preset.n_eval)
+        # the task grows at its end: the first n_eval eval questions, and every other split, are the same whatever
+        # is asked beyond them, so the extra questions are the next ones and an older output keeps its questions
+        n_eval = preset.n_eval + preset.extra_eval
+        splits = synthetic_task.generate(args.data_seed, n_traces=preset.n_traces, n_eval=n_eval)
+        splits["eval"], extra_rows = splits["eval"][: preset.n_eval], splits["eval"][preset.n_eval :]
         for name, key in (("unlabeled", "train"), ("eval", "eval"), ("traces", "traces")):
             if not files[key]:
                 files[key] = os.path.join(data, f"{name}.jsonl")
                 write_jsonl(files[key], splits[name])
+        if args.eval_file:
+            extra_rows = None
     for key, path in files.items():
         if not os.path.exists(path):
             raise SystemExit(f"--{key}_file {path} does not exist.")
@@ -78,16 +87,29 @@ def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
     files.update(derived_files(args))
     write_jsonl(files["rd_traces"], [t for i, t in enumerate(traces) if i not in held])
     write_jsonl(files["anchor_traces"], [t for i, t in enumerate(traces) if i in held])
-    eval_rows = read_jsonl(files["eval"])[: args.max_eval_samples or None]
+    all_eval = read_jsonl(files["eval"])
+    eval_rows = all_eval[: args.max_eval_samples or None]
     files["n_eval"] = str(len(eval_rows))
     write_jsonl(files["eval_used"], eval_rows)
+    if "eval_extra" in files:
+        if extra_rows is None:  # a given --eval_file: its rows after those evaluated
+            extra_rows = all_eval[len(eval_rows) : len(eval_rows) + preset.extra_eval]
+        if len(extra_rows) < preset.extra_eval:
+            raise SystemExit(
+                f"--eval_file {files['eval']} has {len(all_eval)} questions: the last checkpoint's extra evaluation "
+                f"asks for {preset.extra_eval} after the {len(eval_rows)} evaluated. Give a longer file, lower "
+                "--max_eval_samples, or set --extra_eval 0."
+            )
+        write_jsonl(files["eval_extra"], extra_rows)
     if not args.probe_file:
         write_jsonl(files["probe"], eval_rows[: preset.n_probe])
     if "sampled" in files:
         write_jsonl(files["sampled"], eval_rows[: preset.n_sampled])
     say(
         f"data: {len(read_jsonl(files['train']))} unlabeled, {len(traces) - n_anchor} RD traces + {n_anchor} anchor, "
-        f"{len(eval_rows)} eval, {len(read_jsonl(files['probe']))} probe questions"
+        f"{len(eval_rows)} eval"
+        + (f" (+{len(extra_rows)} for the last checkpoint)" if "eval_extra" in files else "")
+        + f", {len(read_jsonl(files['probe']))} probe questions"
     )
     return files
 
@@ -171,32 +193,43 @@ def evaluate_command(model: str, questions: str, folder: str, preset: Preset, sa
     return cmd
 
 
-def checkpoint_evaluations(run: Run, preset: Preset, plan: dict) -> list[tuple[int, str, str, bool]]:
-    """``(step, model folder, output folder, sampled)`` of each evaluation the premise asks of ``run``: every
-    ``checkpoint_steps`` checkpoint on all eval questions (single pass; the last step's is the run's own
-    ``calibration_after``, not repeated) and on the ``sampled`` questions with samples."""
+#: The premise's evaluations of a checkpoint: folder under ``premise/step<N>/`` -> (questions file, with samples).
+PREMISE_KINDS = {"full": ("eval_used", False), "sampled": ("sampled", True), "extra": ("eval_extra", False)}
+
+
+def checkpoint_evaluations(run: Run, preset: Preset, plan: dict) -> list[tuple[int, str, str]]:
+    """``(step, model folder, output folder)`` of each evaluation the premise asks of ``run``: every
+    ``checkpoint_steps`` checkpoint on all eval questions (``full``, single pass; the last step's is the run's own
+    ``calibration_after``, not repeated) and on the ``sampled`` questions with samples; the last one also single pass
+    on the ``extra_eval`` questions after the eval questions (``extra``). The output folder's name is its kind
+    (:data:`PREMISE_KINDS`). The last checkpoint comes first: the premise's question is asked there."""
     out = []
-    for step in preset.checkpoint_steps:
+    last = max(preset.checkpoint_steps, default=None)
+    for step in sorted(preset.checkpoint_steps, reverse=True):
         model = os.path.join(run.folder, f"checkpoint-{step}")
         folder = os.path.join(run.folder, "premise", f"step{step}")
         if step != plan["max_steps"]:
-            out.append((step, model, os.path.join(folder, "full"), False))
-        out.append((step, model, os.path.join(folder, "sampled"), True))
+            out.append((step, model, os.path.join(folder, "full")))
+        out.append((step, model, os.path.join(folder, "sampled")))
+        if step == last and preset.extra_eval:
+            out.append((step, model, os.path.join(folder, "extra")))
     return out
 
 
 def evaluate_checkpoints(run: Run, preset: Preset, files: dict, plan: dict, jobs: int) -> None:
     """The premise's evaluations of ``run`` (:func:`checkpoint_evaluations`), each skipped when already there, so an
     interrupted preset resumes where it stopped."""
-    for step, model, folder, sampled in checkpoint_evaluations(run, preset, plan):
+    for step, model, folder in checkpoint_evaluations(run, preset, plan):
         if os.path.exists(os.path.join(folder, "predictions.jsonl")):
             continue
         if not os.path.isdir(model):
             raise RuntimeError(f"{run.arm} seed {run.seed}: {model} is gone; the premise needs it (save_total_limit).")
         os.makedirs(folder, exist_ok=True)
-        questions = files["sampled"] if sampled else files["eval_used"]
-        execute(evaluate_command(model, questions, folder, preset, sampled), os.path.join(folder, "eval.log"), jobs)
-        say(f"{run.arm} seed {run.seed}: checkpoint {step} evaluated ({'sampled' if sampled else 'single pass'})")
+        key, sampled = PREMISE_KINDS[os.path.basename(folder)]
+        cmd = evaluate_command(model, files[key], folder, preset, sampled)
+        execute(cmd, os.path.join(folder, "eval.log"), jobs)
+        kind = "sampled" if sampled else "single pass" + (", extra questions" if key == "eval_extra" else "")
+        say(f"{run.arm} seed {run.seed}: checkpoint {step} evaluated ({kind})")
 
 
 def evaluate_anchor(model: str, folder: str, files: dict, preset: Preset, jobs: int) -> None:

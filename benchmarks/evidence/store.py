@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from .runner import read_jsonl
+from .runner import PREMISE_KINDS, read_jsonl
 
 #: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
 SMALL_OUTPUTS = [
@@ -24,7 +24,7 @@ RUN_OUTPUTS = [
 ]  # fmt: skip
 
 
-#: The premise's checkpoint evaluations under a run folder: ``premise/step<N>/{full,sampled}/``.
+#: The premise's checkpoint evaluations under a run folder: ``premise/step<N>/{full,sampled,extra}/``.
 PREMISE_OUTPUTS = ["calibration.json", "predictions.jsonl"]
 
 
@@ -104,7 +104,8 @@ def check_reused(out: str, files: dict) -> None:
             (os.path.join(rel, d), "anchor_traces") for d in ("calibration_anchor", "calibration_anchor_sampled")
         ]
         for folder in premise_folders(out, rel):
-            sources += [(folder, "sampled" if folder.endswith("sampled") else "eval_used")]
+            sources += [(folder, PREMISE_KINDS[os.path.basename(folder)][0])]
+    sources = [(folder, key) for folder, key in sources if key in files]  # extra: only where the preset asks for it
     asked = {  # as the evaluation read them; each data file once, not once per evaluation kept
         key: [(q["question"], q["answer_idx"]) for q in load_mcq(files[key])] for key in {key for _, key in sources}
     }
