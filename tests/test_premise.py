@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from evidence import analysis, cli, presets, runner, store  # noqa: E402
+from evidence import analysis, cli, presets, report, runner, store  # noqa: E402
 
 
 def _predictions(folder):
@@ -105,6 +105,8 @@ def test_premise_evaluates_checkpoints_with_every_estimator(tmp_path, trained_di
     os.rename(os.path.join(run, "premise", "step4", "extra"), os.path.join(run, "premise", "step4", "extra_gone"))
     partial = analysis.premise([runner.Run("rd_only", 0, run)], presets.resolve(args), {"max_steps": 4}, 50)
     assert partial["missing"] == ["rd_only/seed0/step4"] and partial["against_after_reasoning"] == {}
+    assert partial["some_estimator_sees_more"] is None
+    assert "Not measured yet" in "\n".join(report.premise_markdown(partial))
     assert list(partial["per_run"]["rd_only/seed0"]) == ["2"]
 
     # the pilot's look at the same run: its anchor questions answered with samples, as the pilot preset asks

@@ -387,7 +387,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
     (single-pass estimators on all eval questions, sampled ones on the sampled questions). At the last checkpoint,
     over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
-    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0.
+    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0: over the
+    ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run rows only).
 
     A checkpoint whose evaluations are not all there yet (a run in progress, ``--analyse``) is left out and named in
     ``missing``; the last-checkpoint comparison is over the runs that have it."""
@@ -423,7 +424,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     for name in ESTIMATORS[1:]:
         pairs = []
         for r in runs:
-            if (r.folder, last) not in found:
+            if r.arm != "rd_only" or (r.folder, last) not in found:
                 continue
             full, sampled = found[r.folder, last]
             recs = sampled if name in SAMPLED_ESTIMATORS else full
@@ -448,7 +449,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
         "last_step": last,
         "margin": PREMISE_MARGIN,
         "against_after_reasoning": against,
-        "some_estimator_sees_more": any(v["sees_more"] for v in against.values()),
+        # None: not measured yet (no rd_only run has all its last-checkpoint evaluations)
+        "some_estimator_sees_more": any(v["sees_more"] for v in against.values()) if against else None,
     }
 
 

@@ -161,15 +161,16 @@ def premise_markdown(premise: dict) -> list[str]:
     for name, res in premise["against_after_reasoning"].items():
         lines.append(f"| {name} | {_fmt(res['diff'])} | {_ci(res)} | {res['n_seeds']} | {res['sees_more']} |")
     verdict = premise["some_estimator_sees_more"]
-    lines.append(
-        "\n"
-        + (
-            "A label-free estimator sees errors that after_reasoning misses."
-            if verdict
-            else "No label-free estimator beats after_reasoning by the margin: the calibration loss has nothing to "
-            "teach toward at this scale."
+    if verdict is None:
+        reading = "Not measured yet: no rd_only run has all its evaluations at the last checkpoint."
+    elif verdict:
+        reading = "A label-free estimator sees errors that after_reasoning misses."
+    else:
+        reading = (
+            "No label-free estimator beats after_reasoning by the margin: the calibration loss has nothing to teach "
+            "toward at this scale."
         )
-    )
+    lines.append("\n" + reading)
     return lines
 
 
