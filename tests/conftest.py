@@ -21,6 +21,13 @@ if _WORKERS > 1:
     torch.set_num_threads(_THREADS)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``slow`` first (a stable sort: the rest keep their order). Under pytest-xdist a worker takes
+    the next test when it is free, so a long test collected late ends the run alone while the other worker idles;
+    first, the long ones run beside the multi-process file (one unit, sent first) and the short ones fill in."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from hytuning_trl._testing import tiny_tokenizer

@@ -209,6 +209,7 @@ def _predictions(folder):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_end_to_end_intervals_and_resume(tmp_path, trained_dir, capsys):
     """The cpu preset end to end on the tiny model (4 arms, 2 seeds, 2 steps): shared data, the table and the primary
     comparisons recomputed from the predictions files, temperature scaling and the gate by hand, --analyse on a

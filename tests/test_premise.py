@@ -19,6 +19,7 @@ def _predictions(folder):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_premise_evaluates_checkpoints_with_every_estimator(tmp_path, trained_dir, capsys):
     """The premise preset on the tiny model, one seed, checkpoints 2 and 4: each checkpoint evaluated single pass on
     the 12 eval questions (the last one's is the run's calibration_after; the last one also on the 4 questions after
