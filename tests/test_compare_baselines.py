@@ -84,9 +84,10 @@ def test_pilot_preset_runs_see_no_eval_question(capsys):
     """Issue 34's pilot: rd_only and RD plus the calibration loss at three weights, one seed, the premise's regime;
     no run evaluates or probes an eval question (the choice is made on the anchor questions only)."""
     runs, lines = _dry(capsys, "--preset", "pilot")
-    assert runs == ["rd_only seed 0"] + [f"rd_cal_weakest_token_{w} seed 0" for w in ("0.1", "0.3", "1.0")]
+    weights = ("0.01", "0.03", "0.1", "0.3", "1.0")
+    assert runs == ["rd_only seed 0"] + [f"rd_cal_weakest_token_{w} seed 0" for w in weights]
     by_arm = {line.split(" seed")[0]: line for line in lines[:-1]}
-    for w in ("0.1", "0.3", "1.0"):
+    for w in weights:
         line = by_arm[f"rd_cal_weakest_token_{w}"]
         assert f"--mixing rd_only --rewards self_certainty --reward_weights 1.0 --calibration_target weakest_token " \
                f"--calibration_weight {w}" in line  # fmt: skip
@@ -101,7 +102,7 @@ def test_pilot_preset_runs_see_no_eval_question(capsys):
         # the rest is the evidence regime's command (the premise's, which keeps 5 checkpoints instead of 1)
         assert " ".join(evidence[1 : evidence.index("--eval_file")]) in line
     share, _ = _dry(capsys, "--preset", "pilot-share")
-    assert share[1:] == [f"rd_cal_share_{w} seed 0" for w in ("0.1", "0.3", "1.0")]
+    assert share[1:] == [f"rd_cal_share_{w} seed 0" for w in weights]
 
 
 def _pilot_records(tmp_path, arm, greedy_correct, samples):

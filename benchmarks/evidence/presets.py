@@ -26,9 +26,10 @@ def calibration(target: str, weight: str) -> list[str]:
 
 
 #: The pilot of issue 34 (point 2): RD plus the calibration loss at these weights, one seed, judged on the anchor
-#: questions only; the target is the one the premise says is worth teaching toward (weakest_token if it sees the
-#: errors that after_reasoning misses, else the group's share).
-PILOT_WEIGHTS = ("0.1", "0.3", "1.0")
+#: questions only (0.01 and 0.03 added after 0.1, 0.3 and 1.0 all lost most of rd_only's anchor accuracy); the target
+#: is the one the premise says is worth teaching toward (weakest_token if it sees the errors that after_reasoning
+#: misses, else the group's share).
+PILOT_WEIGHTS = ("0.01", "0.03", "0.1", "0.3", "1.0")
 CALIBRATION_TARGETS = ("weakest_token", "share")
 
 
@@ -252,7 +253,7 @@ PRESETS: dict[str, Preset] = {
         jobs=2,
         checkpoint_steps=(30, 40, 50),
     ),
-    # Issue 34's pilot: rd_only and RD plus the calibration loss at 0.1, 0.3 and 1.0 (target weakest_token; 'pilot-
+    # Issue 34's pilot: rd_only and RD plus the calibration loss at 0.01 to 1.0 (target weakest_token; 'pilot-
     # share': the group's share), seed 0, the premise's regime and data; judged on the anchor questions only.
     **{
         name: Preset(
