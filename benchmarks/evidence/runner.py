@@ -67,13 +67,12 @@ def prepare_data(args: argparse.Namespace, preset: Preset) -> dict[str, str]:
         # is asked beyond them, so the extra questions are the next ones and an older output keeps its questions
         n_eval = preset.n_eval + preset.extra_eval
         splits = synthetic_task.generate(args.data_seed, n_traces=preset.n_traces, n_eval=n_eval)
-        splits["eval"], extra_rows = splits["eval"][: preset.n_eval], splits["eval"][preset.n_eval :]
+        splits["eval"], beyond = splits["eval"][: preset.n_eval], splits["eval"][preset.n_eval :]
+        extra_rows = None if args.eval_file else beyond
         for name, key in (("unlabeled", "train"), ("eval", "eval"), ("traces", "traces")):
             if not files[key]:
                 files[key] = os.path.join(data, f"{name}.jsonl")
                 write_jsonl(files[key], splits[name])
-        if args.eval_file:
-            extra_rows = None
     for key, path in files.items():
         if not os.path.exists(path):
             raise SystemExit(f"--{key}_file {path} does not exist.")
