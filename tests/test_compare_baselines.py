@@ -786,3 +786,121 @@ def test_v3_primary_comparisons_worked_by_hand(tmp_path, monkeypatch):
     text = report.markdown(result, args)
     assert f"{presets.BEST_ARM} = {best}" in text and "| rd_only | marginal |" in text
     assert f"| {best} | rd_only [weakest_token, fitted] | brier |" in text
+
+
+def test_log_difference_worked_by_hand():
+    """Relative above 1, absolute below, timings left out; other steps or other figures: infinitely different."""
+    old = [{"step": 1, "loss": 2.0, "grad_norm": 0.5, "step_time": 3.0}, {"step": 2, "loss": 0.01, "x": "a"}]
+    new = [{"step": 1, "loss": 2.002, "grad_norm": 0.5004, "step_time": 9.0}, {"step": 2, "loss": 0.0105, "x": "a"}]
+    # |2.002 - 2| / 2.002 = 9.99e-4; |0.5004 - 0.5| / 1 = 4e-4; |0.0105 - 0.01| / 1 = 5e-4; step_time ignored
+    assert runner.log_difference(new, old) == pytest.approx(0.002 / 2.002)
+    assert runner.log_difference(new[:1], old) == float("inf")
+    assert runner.log_difference([new[0], {**new[1], "y": 1.0}], old) == float("inf")
+    assert runner.log_difference([new[0], {**new[1], "x": "b"}], old) == float("inf")
+    nan = [{"step": 1, "loss": float("nan")}]
+    assert runner.log_difference(nan, nan) == 0.0 and runner.log_difference(nan, [{"step": 1, "loss": 1.0}]) > 1
+
+
+def _orphan(folder, threads):
+    """A finished premise run restored onto a fresh machine: its final and step-50 evaluations and step 40's single
+    pass are there, step 40's sampled and step 30's are not, and no checkpoint is."""
+    history = [{"step": s, "loss": 1.0 / s, "grad_norm": 2.0 + s, "step_time": 1.0} for s in range(1, 51)]
+    files = {
+        "DONE.json": {"arm": "rd_only", "seed": 0, "seconds": 1.0, "command": [], "commit": "abc", "threads": threads},
+        "trainer_state.json": {"global_step": 50, "log_history": history},
+    }
+    for rel in ("calibration_after", "calibration_anchor", "premise/step50/sampled", "premise/step50/extra",
+                "premise/step40/full"):  # fmt: skip
+        files[f"{rel}/predictions.jsonl"] = "kept\n"
+    for rel, content in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(content if isinstance(content, str) else json.dumps(content))
+    return history
+
+
+@pytest.mark.parametrize("drift, kept", [(2e-4, True), (2e-3, False)])
+def test_orphaned_run_is_trained_again_and_kept_only_if_it_logs_the_same(tmp_path, monkeypatch, drift, kept):
+    """A restored run whose checkpoints are gone before all its checkpoint evaluations were made is trained again
+    (without its final evaluation, at the threads DONE.json records); a training that logs the first one's figures
+    (here within 2e-4) keeps every evaluation and its first log, and only the missing evaluations run, on the new
+    checkpoints; one that logs other figures (2e-3) is thrown away with the evaluations, and the run is redone whole.
+    Stand-in processes write what the real ones would."""
+    folder = tmp_path / "runs" / "rd_only" / "seed0"
+    history = _orphan(folder, threads="3")
+    calls = []
+
+    def stand_in(cmd, log, jobs, append=False, threads=None):
+        calls.append((cmd, threads))
+        out = cmd[cmd.index("--output_dir") + 1]
+        os.makedirs(out, exist_ok=True)
+        if cmd[1] == presets.SCRIPT:  # training: checkpoints and a log drifting by `drift`
+            for step in (10, 20, 30, 40, 50):
+                os.makedirs(os.path.join(out, f"checkpoint-{step}"), exist_ok=True)
+            drifted = [{**h, "grad_norm": h["grad_norm"] * (1 + drift), "step_time": 7.0} for h in history]
+            with open(os.path.join(out, "trainer_state.json"), "w") as f:
+                json.dump({"global_step": 50, "log_history": drifted}, f)
+            if "--skip_eval" not in cmd:
+                for rel in ("calibration_after", "calibration_anchor"):
+                    os.makedirs(os.path.join(out, rel), exist_ok=True)
+                    open(os.path.join(out, rel, "predictions.jsonl"), "w").write("new\n")
+        else:
+            open(os.path.join(out, "predictions.jsonl"), "w").write("new\n")
+        return 1.0
+
+    monkeypatch.setattr(runner, "execute", stand_in)
+    run = runner.Run("rd_only", 0, str(folder))
+    preset, plan = presets.PRESETS["premise"], {"max_steps": 50, "probe_steps": 20}
+    assert runner.orphaned(run, preset, plan)
+    names = ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval", "sampled", "eval_extra")
+    files = {k: f"<{k}>" for k in names}
+    runner.train(run, preset, files, plan, [], jobs=2)
+    (training, threads), *evaluations = calls
+    assert training[1] == presets.SCRIPT and "--resume_from_checkpoint" not in training
+    evaluated = [c[c.index("--output_dir") + 1] for c, _ in evaluations]
+    read = lambda rel: (folder / rel).read_text()  # noqa: E731
+    if kept:
+        assert threads == "3" and training[-2:] == ["--skip_eval", "true"]
+        assert evaluated == [str(folder / "premise" / p) for p in ("step40/sampled", "step30/full", "step30/sampled")]
+        models = [c[c.index("--model_name_or_path") + 1] for c, _ in evaluations]
+        assert models == [str(folder / "checkpoint-40"), str(folder / "checkpoint-30"), str(folder / "checkpoint-30")]
+        for rel in ("calibration_after", "premise/step50/sampled", "premise/step50/extra", "premise/step40/full"):
+            assert read(f"{rel}/predictions.jsonl") == "kept\n", rel
+        assert json.loads(read("trainer_state.json"))["log_history"] == history  # the first log, put back
+        done = json.loads(read("DONE.json"))
+        assert done["threads"] == "3" and done["retrained"][0]["log_difference"] == pytest.approx(
+            max(2e-4 * (2 + s) / max(2 + s, 1) / (1 + 2e-4) for s in range(1, 51))
+        )
+        assert not (folder / "trainer_state.first.json").exists()
+    else:  # redone whole: trained again with its final evaluation, then every checkpoint evaluation
+        retraining, _ = calls[0]
+        whole, _ = calls[1]
+        assert retraining[-2:] == ["--skip_eval", "true"] and "--skip_eval" not in whole
+        assert evaluated[1:] == [str(folder / "premise" / p) for p in
+                                 ("step50/sampled", "step50/extra", "step40/full", "step40/sampled", "step30/full",
+                                  "step30/sampled")]  # fmt: skip
+        for rel in ("calibration_after", "premise/step50/sampled", "premise/step40/full"):
+            assert read(f"{rel}/predictions.jsonl") == "new\n", rel
+        done = json.loads(read("DONE.json"))
+        assert "retrained" not in done and done["threads"] == runner.lane_threads(2)
+
+
+def test_restore_from_several_folders_first_one_wins(tmp_path):
+    """--restore A B: every file either holds, A's where both do; nothing over a file already there."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    both = {a: ["plan.json", "runs/rd_only/seed0/DONE.json"]}
+    both[b] = ["plan.json", "runs/rd_only/seed1/DONE.json", "runs/hytuning/seed0/DONE.json"]
+    for root, rels in both.items():
+        for rel in rels:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(root.name)
+    (out / "runs" / "hytuning" / "seed0").mkdir(parents=True)
+    (out / "runs" / "hytuning" / "seed0" / "DONE.json").write_text("mine")
+    copied = store.restore([str(a), str(b)], str(out))
+    assert sorted(copied) == ["plan.json", "runs/rd_only/seed0/DONE.json", "runs/rd_only/seed1/DONE.json"]
+    assert (out / "plan.json").read_text() == "a" and (out / "runs/rd_only/seed1/DONE.json").read_text() == "b"
+    assert (out / "runs" / "hytuning" / "seed0" / "DONE.json").read_text() == "mine"
+
+
+def test_first_seed_runs_one_seed_alone(capsys):
+    runs, lines = _dry(capsys, "--preset", "premise", "--seeds", "1", "--first_seed", "2")
+    assert runs == ["rd_only seed 2"] and "--seed 2 " in lines[0] and "runs/rd_only/seed2" in lines[0]

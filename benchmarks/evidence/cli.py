@@ -133,6 +133,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on the first N eval questions.")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), help="Run only these arms.")
     p.add_argument("--seeds", type=int, help="Seeds per arm (overrides the preset's).")
+    p.add_argument(
+        "--first_seed",
+        type=int,
+        default=0,
+        help="The first seed of each arm (with --seeds 1: that seed alone, e.g. in a process of its own beside "
+        "another; the lanes' threads must add up to the cores at most, set OMP_NUM_THREADS).",
+    )
     p.add_argument("--max_steps", type=int, help="Steps per run (skips the budget measurement).")
     p.add_argument("--budget_minutes", type=float, help="Wall budget of the whole preset (CPU presets).")
     p.add_argument("--jobs", type=int, help="Runs side by side (default: the preset's).")
@@ -162,9 +169,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument(
         "--restore",
         metavar="DIR",
-        help="Before anything else, copy the small outputs that --collect wrote to DIR back into --output_dir where "
-        "missing (a fresh machine: finished runs are skipped, the base evaluation and the plan reused; checked "
-        "against the data files), then go on as without it.",
+        nargs="+",
+        help="Before anything else, copy the small outputs that --collect wrote to each DIR back into --output_dir "
+        "where missing (the first DIR holding a file gives it; a fresh machine: finished runs are skipped, the base "
+        "evaluation and the plan reused; checked against the data files), then go on as without it. A finished run "
+        "restored before all its checkpoint evaluations were made is trained again for its checkpoints, and keeps its "
+        "evaluations if it logs the same figures (else it is redone whole).",
     )
     p.add_argument(
         "--analyse",
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     runs = plan_runs(preset, args)
     if args.restore:
         copied = restore(args.restore, args.output_dir)
-        say(f"{len(copied)} files restored from {args.restore} into {args.output_dir}")
+        say(f"{len(copied)} files restored from {', '.join(args.restore)} into {args.output_dir}")
     if args.analyse:
         return show(analyse_finished(args, runs), args.output_dir)
     if args.collect:

@@ -126,13 +126,14 @@ class Run:
 
 def plan_runs(preset: Preset, args: argparse.Namespace) -> list[Run]:
     """The adaptive arm first (the constant arm copies its mean rd_weight), the references next, the constant arm
-    last; within an arm, seed 0 first."""
+    last; within an arm, the lowest seed first (``--first_seed``, 0 by default)."""
     arms = [a for a in ARMS if a in preset.seeds and (not args.arms or a in args.arms)]
     arms.sort(key=lambda a: (a != ADAPTIVE, a not in REFERENCES, a == CONSTANT))
     runs = []
     for arm in arms:
         n = args.seeds if args.seeds is not None else preset.seeds[arm]
-        runs += [Run(arm, s, os.path.join(args.output_dir, "runs", arm, f"seed{s}")) for s in range(n)]
+        first = getattr(args, "first_seed", 0) or 0
+        runs += [Run(arm, s, os.path.join(args.output_dir, "runs", arm, f"seed{s}")) for s in range(first, first + n)]
     return runs
 
 
@@ -160,21 +161,31 @@ def run_command(run: Run, preset: Preset, files: dict, plan: dict, extra: list[s
     return cmd + extra
 
 
-def thread_env(jobs: int) -> dict:
-    """The cores shared among ``jobs`` lanes, or ``OMP_NUM_THREADS`` as the caller set it (to leave cores free)."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
+def lane_threads(jobs: int) -> str:
+    """The threads of one lane: the cores shared among ``jobs`` lanes, or ``OMP_NUM_THREADS`` as the caller set it
+    (to leave cores free). The lanes' threads must add up to the cores at most: PyTorch's threads spin while they
+    wait, so three processes of two threads on two cores run several times slower than two of one."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
+
+
+def thread_env(jobs: int, threads: str | None = None) -> dict:
+    """The environment of a lane's process: :func:`lane_threads`, or ``threads`` when given (a retrain reuses the
+    threads its run was trained with: they set the order of floating-point sums)."""
+    threads = threads or lane_threads(jobs)
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
 
 
-def execute(cmd: list[str], log: str, jobs: int, append: bool = False) -> float:
+def execute(cmd: list[str], log: str, jobs: int, append: bool = False, threads: str | None = None) -> float:
     """Run ``cmd`` with its output in ``log`` (after what is there with ``append``, as a resumed run does, so the log
-    of the steps before the interruption is kept); raise with the log's tail if it fails. Returns the wall seconds."""
+    of the steps before the interruption is kept) at ``threads`` threads (default: :func:`lane_threads`); raise with
+    the log's tail if it fails. Returns the wall seconds."""
     start = time.time()
     with open(log, "a" if append else "w") as f:
         if append and f.tell():  # the interrupted process may have stopped mid-line (a progress bar)
             f.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] resumed\n")
             f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(jobs), cwd=ROOT)
+        env = thread_env(jobs, threads)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if proc.returncode:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -255,6 +266,8 @@ def evaluate_pilot(run: Run, preset: Preset, files: dict, jobs: int) -> None:
 
 def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], jobs: int, rd_weight=None) -> None:
     anchor_eval = os.path.join(run.folder, "calibration_anchor")
+    if run.done and orphaned(run, preset, plan):
+        retrain(run, preset, files, plan, extra, jobs, rd_weight)
     if run.done:
         evaluate_anchor(run.folder, anchor_eval, files, preset, jobs)
         evaluate_pilot(run, preset, files, jobs)
@@ -269,9 +282,11 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
     if checkpoint is not None:  # unfinished with a checkpoint: the example resumes from it (mixing state included)
         cmd += ["--resume_from_checkpoint", "true"]
     say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
+    threads = lane_threads(jobs)
     seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None)
     with open(os.path.join(run.folder, "DONE.json"), "w") as f:
         done = {"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd, "commit": git_commit()}
+        done["threads"] = threads  # a retrain (``retrain``) reuses them
         if checkpoint is not None:  # the seconds are those of the last process only
             done["resumed_from"] = os.path.basename(checkpoint)
         json.dump(done, f, indent=2)
@@ -279,6 +294,92 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
     evaluate_pilot(run, preset, files, jobs)
     evaluate_checkpoints(run, preset, files, plan, jobs)
     say(f"{run.arm} seed {run.seed}: finished in {seconds:.0f} s (anchor questions evaluated)")
+
+
+#: A retrained run keeps the evaluations of its first training when every figure it logs differs from the first
+#: log's by at most this much (:func:`log_difference`). Training here repeats itself up to the order of
+#: floating-point sums: the premise's rd_only seed 0, trained once at one thread and once at two, logged figures
+#: within 7e-4 of each other over its 50 steps; a different seed or learning rate moves them by far more.
+SAME_RUN_RTOL = 1e-3
+
+#: Logged figures that measure time, not the model: left out of :func:`log_difference`.
+TIMING_KEYS = ("step_time", "seconds", "runtime", "_per_second")
+
+
+def log_difference(new: list[dict], old: list[dict]) -> float:
+    """The largest difference between two ``log_history`` lists, entry by entry and figure by figure,
+    ``|a - b| / max(|a|, |b|, 1)`` (relative above 1, absolute below, so figures near 0 do not blow it up), timings
+    (:data:`TIMING_KEYS`) left out. ``inf`` when the two logged different steps or different figures."""
+    if len(new) != len(old):
+        return math.inf
+    worst = 0.0
+    for a, b in zip(new, old):
+        keys = {k for k in a if not any(t in k for t in TIMING_KEYS)}
+        if keys != {k for k in b if not any(t in k for t in TIMING_KEYS)}:
+            return math.inf
+        for k in keys:
+            x, y = a[k], b[k]
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    if not (x == y or (math.isnan(x) and math.isnan(y))):
+                        return math.inf
+                    continue
+                worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1.0))
+            elif x != y:
+                return math.inf
+    return worst
+
+
+def orphaned(run: Run, preset: Preset, plan: dict) -> bool:
+    """A finished run that still owes a checkpoint evaluation (:func:`checkpoint_evaluations`) whose checkpoint is
+    gone: a run restored onto a fresh machine (``--restore``) before all of them were made. Weights are never
+    committed, so only training again brings the checkpoint back (:func:`retrain`)."""
+    return any(
+        not os.path.exists(os.path.join(folder, "predictions.jsonl")) and not os.path.isdir(model)
+        for _, model, folder in checkpoint_evaluations(run, preset, plan)
+    )
+
+
+def retrain(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], jobs: int, rd_weight=None) -> bool:
+    """Train the :func:`orphaned` ``run`` again, without its final evaluation (``--skip_eval true``: the one it has
+    stands), at the threads its ``DONE.json`` records, to bring back its checkpoints. If what the new training logs
+    matches the first training's log (:func:`log_difference` at most :data:`SAME_RUN_RTOL`), it is the same model:
+    its evaluations are kept, the first log is put back and the retrain recorded in ``DONE.json``; returns True.
+    Otherwise the kept evaluations belong to a model that cannot be had again: the run folder is removed (the run is
+    then trained and evaluated whole) and False returned. A retrain interrupted after a checkpoint resumes from it;
+    the first log waits in ``trainer_state.first.json`` meanwhile."""
+    done = _done(run)
+    first = os.path.join(run.folder, "trainer_state.first.json")
+    if not os.path.exists(first):
+        shutil.copyfile(os.path.join(run.folder, "trainer_state.json"), first)
+    with open(first) as f:
+        before = json.load(f)["log_history"]
+    checkpoint = last_checkpoint(run.folder)
+    cmd = run_command(run, preset, files, plan, extra, rd_weight) + ["--skip_eval", "true"]
+    if checkpoint is not None:
+        cmd += ["--resume_from_checkpoint", "true"]
+    threads = str(done.get("threads") or lane_threads(jobs))
+    say(
+        f"{run.arm} seed {run.seed}: trained again at {threads} thread(s) for its missing checkpoint evaluations"
+        + (f" (resumed from {os.path.basename(checkpoint)})" if checkpoint else "")
+    )
+    execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=True, threads=threads)
+    with open(os.path.join(run.folder, "trainer_state.json")) as f:
+        after = json.load(f)["log_history"]
+    difference = log_difference(after, before)
+    if difference > SAME_RUN_RTOL:
+        say(
+            f"{run.arm} seed {run.seed}: the new training logged other figures than the first (largest difference "
+            f"{difference:.2e} > {SAME_RUN_RTOL:g}); its evaluations are dropped and the run is redone whole"
+        )
+        shutil.rmtree(run.folder)
+        return False
+    shutil.move(first, os.path.join(run.folder, "trainer_state.json"))
+    done["retrained"] = [*done.get("retrained", []), {"log_difference": difference, "commit": git_commit()}]
+    with open(os.path.join(run.folder, "DONE.json"), "w") as f:
+        json.dump(done, f, indent=2)
+    say(f"{run.arm} seed {run.seed}: trained again, the same run (largest log difference {difference:.2e})")
+    return True
 
 
 def last_checkpoint(folder: str) -> str | None:

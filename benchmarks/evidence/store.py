@@ -69,25 +69,30 @@ def collect(out: str, dest: str) -> list[str]:
 ANALYSIS_OUTPUTS = {"results.json", "results.md", "curves.png", "reliability_grid.png"}
 
 
-def restore(src: str, out: str) -> list[str]:
-    """The inverse of :func:`collect`: copy the small outputs committed under ``src`` back into ``out`` where a file
-    is missing (never over one), so that a run on a fresh machine skips the finished runs and reuses the base model's
-    evaluation, the validity check and the plan instead of redoing hours of work. Returns the paths copied
-    (relative). What the copies hold is checked against the data files by :func:`check_reused`."""
-    if not os.path.isdir(src):
-        raise SystemExit(f"--restore {src}: no such folder (the one --collect wrote, e.g. docs/data/evidence).")
-    wanted = [p for p in SMALL_OUTPUTS if p not in ANALYSIS_OUTPUTS]
-    wanted += [os.path.join(rel, p) for rel in run_folders(src) for p in RUN_OUTPUTS]
-    wanted += [
-        os.path.join(f, p) for rel in run_folders(src) for f in premise_folders(src, rel) for p in PREMISE_OUTPUTS
-    ]
+def restore(sources: str | list[str], out: str) -> list[str]:
+    """The inverse of :func:`collect`: copy the small outputs committed under each of ``sources`` back into ``out``
+    where a file is missing (never over one; the first source holding a file gives it), so that a run on a fresh
+    machine skips the finished runs and reuses the base model's evaluation, the validity check and the plan instead
+    of redoing hours of work. Several sources: a run restored from two collections (the premise's ``rd_only`` runs
+    are the evidence run's). Returns the paths copied (relative). What the copies hold is checked against the data
+    files by :func:`check_reused`."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    for src in sources:
+        if not os.path.isdir(src):
+            raise SystemExit(f"--restore {src}: no such folder (the one --collect wrote, e.g. docs/data/evidence).")
     copied = []
-    for rel in wanted:
-        source, target = os.path.join(src, rel), os.path.join(out, rel)
-        if os.path.exists(source) and not os.path.exists(target):
-            os.makedirs(os.path.dirname(target) or out, exist_ok=True)
-            shutil.copyfile(source, target)
-            copied.append(rel)
+    for src in sources:
+        wanted = [p for p in SMALL_OUTPUTS if p not in ANALYSIS_OUTPUTS]
+        wanted += [os.path.join(rel, p) for rel in run_folders(src) for p in RUN_OUTPUTS]
+        wanted += [
+            os.path.join(f, p) for rel in run_folders(src) for f in premise_folders(src, rel) for p in PREMISE_OUTPUTS
+        ]
+        for rel in wanted:
+            source, target = os.path.join(src, rel), os.path.join(out, rel)
+            if os.path.exists(source) and not os.path.exists(target):
+                os.makedirs(os.path.dirname(target) or out, exist_ok=True)
+                shutil.copyfile(source, target)
+                copied.append(rel)
     return copied
 
 
