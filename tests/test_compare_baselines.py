@@ -32,9 +32,8 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
     assert "set from a measured step time" in lines[-1]
     full, _ = _dry(capsys, "--preset", "cpu-full")
-    assert len(full) == 3 * (len(presets.ARMS) - len(presets.PILOT_ARMS)) == 24 and {
-        r.split(" seed")[1] for r in full
-    } == {" 0", " 1", " 2"}
+    arms = [a for a in presets.ARMS if a not in presets.PILOT_ARMS and presets.runnable(a)]  # calibration: pending
+    assert len(full) == 3 * len(arms) == 24 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
     gpu, gpu_lines = _dry(capsys, "--preset", "gpu")
     assert len(gpu) == 24
     [blind] = [line for line in gpu_lines if line.startswith("hytuning_blind seed 0")]  # an arm added in one place
@@ -904,3 +903,75 @@ def test_restore_from_several_folders_first_one_wins(tmp_path):
 def test_first_seed_runs_one_seed_alone(capsys):
     runs, lines = _dry(capsys, "--preset", "premise", "--seeds", "1", "--first_seed", "2")
     assert runs == ["rd_only seed 2"] and "--seed 2 " in lines[0] and "runs/rd_only/seed2" in lines[0]
+
+
+def test_evidence_v3_arms_differ_only_where_issue_34_names(capsys, tmp_path, monkeypatch):
+    """evidence-v3: the five arms at 3 seeds in the premise's regime and data; rd_cal is rd_only plus the calibration
+    loss, hytuning_blind_cal is hytuning_blind plus it, hytuning_blind is hytuning with the answer out of RL; every
+    command is the premise's but for the checkpoints it keeps. The calibration arms refuse to start while their
+    target and weight are pending, before anything is written, naming the arms to run meanwhile."""
+    runs, lines = _dry(capsys, "--preset", "evidence-v3")
+    arms = ("rd_only", "hytuning", "hytuning_blind", "rd_cal", "hytuning_blind_cal")
+    assert sorted(runs) == sorted(f"{a} seed {s}" for a in arms for s in range(3))
+    assert "Pending, not runnable yet: hytuning_blind_cal, rd_cal" in lines[-1]
+    out = tmp_path / "v3"
+    with pytest.raises(SystemExit, match=r"rd_cal: .* pending .*--arms hytuning rd_only hytuning_blind$"):
+        cli.main(["--preset", "evidence-v3", "--output_dir", str(out)])
+    assert not out.exists()
+    cal = ["--calibration_target", "weakest_token", "--calibration_weight", "0.03"]
+    monkeypatch.setitem(presets.ARMS, "rd_cal", [*presets.ARMS["rd_only"], *cal])
+    monkeypatch.setitem(presets.ARMS, "hytuning_blind_cal", [*presets.ARMS["hytuning_blind"], *cal])
+    assert all(presets.runnable(a) for a in arms)
+    _, lines = _dry(capsys, "--preset", "evidence-v3")
+    by_arm = {line.split(" seed")[0]: line.split(" --output_dir ")[1].split(" ", 1)[1] for line in lines[:-1]}
+    assert by_arm["rd_only"] == "--mixing rd_only --rewards self_certainty --reward_weights 1.0"
+    assert by_arm["rd_cal"] == by_arm["rd_only"] + " " + " ".join(cal)
+    recipe = "--rewards self_certainty prg_gated_confidence agreement_brier --reward_weights 0.1 1.0 1.0"
+    assert by_arm["hytuning"] == f"--mixing prg {recipe}"
+    assert by_arm["hytuning_blind"] == f"--mixing prg --answer_blind_rl true {recipe}"
+    assert by_arm["hytuning_blind_cal"] == by_arm["hytuning_blind"] + " " + " ".join(cal)
+    _, premise = _dry(capsys, "--preset", "premise")
+    common = {line.split(": ", 1)[1].split(" --seed ")[0] for line in lines[:-1]}
+    [premise_common] = {line.split(": ", 1)[1].split(" --seed ")[0] for line in premise[:-1]}
+    assert common == {premise_common.replace("--save_total_limit 5", "--save_total_limit 1")}
+    v3 = presets.PRESETS["evidence-v3"]
+    assert v3.primary is presets.PRIMARY_V3 and v3.checkpoint_steps == (50,) and v3.n_eval == 800
+
+
+def _pilot_result(target, accuracies, chosen=None):
+    """A pilot's results.json as analysis.pilot writes it: rd_only at anchor accuracy 1.0, then one run per weight
+    (``accuracies``: weight -> anchor accuracy)."""
+    per_arm = {"rd_only": {"anchor_accuracy": 1.0}}
+    per_arm.update({f"rd_cal_{target}_{w}": {"anchor_accuracy": a} for w, a in accuracies.items()})
+    kept = [w for w, a in accuracies.items() if a >= 1.0]
+    result = {"per_arm": per_arm, "rd_only_anchor_accuracy": 1.0, "no_arm_kept_rd_only_accuracy": not kept}
+    return {**result, "chosen": f"rd_cal_{target}_{chosen}", "chosen_weight": float(chosen), "chosen_target": target}
+
+
+def test_calibration_choice_by_the_rule_fixed_before_the_pilots(tmp_path, capsys):
+    """Weakest token if one of its runs kept rd_only's anchor accuracy; else share if one of its did; else dropped;
+    pending while a pilot the rule needs is partial or missing. Read from the pilots' folders by the command line."""
+    broke = dict.fromkeys(presets.PILOT_WEIGHTS, 0.375)
+    partial = {w: 0.375 for w in ("0.1", "0.3", "1.0")}
+    weakest_kept = {**broke, "0.01": 1.0}
+    share_kept = {**broke, "0.03": 1.0, "0.1": 1.0}
+    choose = analysis.calibration_choice
+    assert choose(_pilot_result("weakest_token", partial, "0.1"), None) == {
+        "status": "pending", "waiting_for": "pilot",
+        "missing": ["rd_cal_weakest_token_0.01", "rd_cal_weakest_token_0.03"]}  # fmt: skip
+    chosen = choose(_pilot_result("weakest_token", weakest_kept, "0.01"), None)
+    got = (chosen["status"], chosen["calibration_target"], chosen["calibration_weight"])
+    assert got == ("chosen", "weakest_token", 0.01)
+    assert choose(_pilot_result("weakest_token", broke, "0.1"), None)["waiting_for"] == "pilot-share"
+    share = choose(_pilot_result("weakest_token", broke, "0.1"), _pilot_result("share", share_kept, "0.03"))
+    assert (share["status"], share["calibration_target"], share["calibration_weight"], share["from"]) == (
+        "chosen", "share", 0.03, "pilot-share")  # fmt: skip
+    dropped = choose(_pilot_result("weakest_token", broke, "0.1"), _pilot_result("share", broke, "0.1"))
+    assert dropped["status"] == "dropped"
+    for name, result in (("pilot", _pilot_result("weakest_token", broke, "0.1")),
+                         ("pilot-share", _pilot_result("share", share_kept, "0.03"))):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    printed = cli.main(["--calibration_choice", str(tmp_path / "pilot"), str(tmp_path / "pilot-share")])
+    assert printed == share and json.loads(capsys.readouterr().out) == share
+    assert cli.main(["--calibration_choice", str(tmp_path / "pilot"), str(tmp_path / "none")])["status"] == "pending"

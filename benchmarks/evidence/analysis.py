@@ -22,6 +22,7 @@ from .presets import (
     CONSTANT,
     GATE_POINTS,
     METRICS,
+    PILOT_WEIGHTS,
     PRIMARY,
     REFERENCES,
     TRAINED_ARMS,
@@ -529,4 +530,54 @@ def pilot(runs: list[Run]) -> dict:
         "chosen": chosen,
         "chosen_weight": rows[chosen]["weight"],
         "chosen_target": flag(chosen, "--calibration_target"),
+    }
+
+
+def read_pilot(folder: str) -> dict | None:
+    """The ``pilot`` entry of a pilot preset's ``results.json`` under ``folder``; None when the pilot has not run
+    (no such file)."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    return result.get("pilot", result)
+
+
+def calibration_choice(weakest_token: dict | None, share: dict | None) -> dict:
+    """The calibration arms' ``calibration_target`` and ``calibration_weight`` (issue 34, point 2), from the pilots'
+    results (:func:`pilot`; None: not run), by a rule fixed before the pilots' last runs:
+
+    1. the ``weakest_token`` pilot's choice, if one of its runs kept ``rd_only``'s greedy anchor accuracy (the
+       premise says the weakest token is the estimator worth teaching toward);
+    2. else the ``share`` pilot's choice, if one of its runs did;
+    3. else none: the calibration arms are dropped rather than run at 3 seeds with a loss that costs RD its answers.
+
+    ``status`` is ``pending`` while a pilot the rule needs has not run every weight of
+    :data:`~evidence.presets.PILOT_WEIGHTS` (and rd_only), ``chosen`` or ``dropped`` after."""
+
+    def complete(result: dict | None, target: str) -> bool:
+        wanted = {"rd_only", *(f"rd_cal_{target}_{w}" for w in PILOT_WEIGHTS)}
+        return result is not None and wanted <= set(result.get("per_arm", {}))
+
+    def kept(result: dict) -> bool:
+        return result.get("chosen") is not None and not result.get("no_arm_kept_rd_only_accuracy", True)
+
+    for result, target, pilot_name in ((weakest_token, "weakest_token", "pilot"), (share, "share", "pilot-share")):
+        if not complete(result, target):
+            missing = sorted({f"rd_cal_{target}_{w}" for w in PILOT_WEIGHTS} - set((result or {}).get("per_arm", {})))
+            return {"status": "pending", "waiting_for": pilot_name, "missing": missing}
+        if kept(result):
+            return {
+                "status": "chosen",
+                "calibration_target": result["chosen_target"],
+                "calibration_weight": result["chosen_weight"],
+                "from": pilot_name,
+                "arm": result["chosen"],
+                "why": f"the lowest sampled-answer Brier among the {pilot_name} runs that kept rd_only's anchor "
+                f"accuracy ({result['rd_only_anchor_accuracy']:.3f})",
+            }
+    return {
+        "status": "dropped",
+        "why": "no run of either pilot kept rd_only's anchor accuracy: the calibration arms are dropped",
     }

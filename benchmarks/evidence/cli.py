@@ -67,8 +67,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import report
-from .analysis import analyse, pilot
-from .presets import ADAPTIVE, ARMS, CONSTANT, PRESETS, SCRIPT, resolve
+from .analysis import analyse, calibration_choice, pilot, read_pilot
+from .presets import ADAPTIVE, ARMS, CONSTANT, PRESETS, SCRIPT, resolve, runnable
 from .runner import (
     Run,
     derived_files,
@@ -182,6 +182,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="Analyse the runs finished so far under --output_dir (results.json, results.md, figures there, marked "
         "partial while runs are missing); train and evaluate nothing. Safe beside a preset still running there.",
     )
+    p.add_argument(
+        "--calibration_choice",
+        nargs=2,
+        metavar=("PILOT", "PILOT_SHARE"),
+        help="Print the calibration arms' target and weight that the pilots' outputs (the folders --collect wrote for "
+        "--preset pilot and pilot-share; a missing one is a pilot not run) choose by the rule fixed in "
+        "evidence.analysis.calibration_choice, to set in evidence.presets.V3_CALIBRATION; run nothing.",
+    )
     args = p.parse_args(own)
     args.argv = own + (["--", *extra] if extra else [])
     return args, extra
@@ -197,10 +205,22 @@ def show(result: dict, out: str) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     args, extra = parse(list(sys.argv[1:] if argv is None else argv))
     args.started = time.time()
+    if args.calibration_choice:
+        choice = calibration_choice(*(read_pilot(d) for d in args.calibration_choice))
+        print(json.dumps(choice, indent=2))
+        return choice
     preset = resolve(args)
     args.jobs = args.jobs or preset.jobs
-    os.makedirs(args.output_dir, exist_ok=True)
     runs = plan_runs(preset, args)
+    waiting = sorted({r.arm for r in runs if not runnable(r.arm)})
+    if waiting and not (args.dry_run or args.analyse or args.collect):
+        ready = [a for a in dict.fromkeys(r.arm for r in runs) if runnable(a)]
+        raise SystemExit(
+            f"{', '.join(waiting)}: calibration_target and calibration_weight are still pending "
+            "(evidence.presets.V3_CALIBRATION, set from the pilot: --calibration_choice). Run the others meanwhile: "
+            f"--arms {' '.join(ready)}"
+        )
+    os.makedirs(args.output_dir, exist_ok=True)
     if args.restore:
         copied = restore(args.restore, args.output_dir)
         say(f"{len(copied)} files restored from {', '.join(args.restore)} into {args.output_dir}")
@@ -218,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             rd = 0.5 if r.arm == CONSTANT else None
             print(f"{r.arm} seed {r.seed}: {' '.join(run_command(r, preset, files, plan, extra, rd)[1:])}")
         note = "" if preset.budget_minutes is None or args.max_steps else " (set from a measured step time)"
-        print(f"{len(runs)} runs, up to {steps} steps each{note}, {args.jobs} at a time.")
+        wait = f" Pending, not runnable yet: {', '.join(waiting)} (V3_CALIBRATION)." if waiting else ""
+        print(f"{len(runs)} runs, up to {steps} steps each{note}, {args.jobs} at a time.{wait}")
         return None
     files = prepare_data(args, preset)
     check_reused(args.output_dir, files)

@@ -54,6 +54,22 @@ PILOT_ARMS = {
 ARMS.update(PILOT_ARMS)
 
 
+#: Issue 34's calibration arms' ``calibration_target`` and ``calibration_weight``: set here from the pilot, before
+#: the evidence run (:func:`evidence.analysis.calibration_choice` on the ``pilot`` and ``pilot-share`` outputs), and
+#: :data:`PENDING` until then. An arm that carries a pending value refuses to run (:func:`runnable`).
+PENDING = "pending"
+V3_CALIBRATION: tuple[str, str] = (PENDING, PENDING)
+
+#: Issue 34's arms with the label-free calibration loss: RD plus the loss, RL off; answer-blind RL plus the loss.
+ARMS["rd_cal"] = ["--mixing", "rd_only", *SELF_CERTAINTY, *calibration(*V3_CALIBRATION)]
+ARMS["hytuning_blind_cal"] = [*ARMS["hytuning_blind"], *calibration(*V3_CALIBRATION)]
+
+
+def runnable(arm: str) -> bool:
+    """False for an arm whose flags still hold a :data:`PENDING` value (the calibration arms before the pilot)."""
+    return PENDING not in ARMS[arm]
+
+
 #: The adaptive arm, and the arm that copies its mean rd_weight.
 ADAPTIVE, CONSTANT = "hytuning", "hytuning_const"
 
@@ -253,6 +269,18 @@ PRESETS: dict[str, Preset] = {
         jobs=2,
         checkpoint_steps=(30, 40, 50),
     ),
+    # Issue 34's evidence: the five arms at 3 seeds in the premise's regime and data (its rd_only runs are this
+    # preset's: --restore docs/data/premise), every model's last step also sampled (4 at temperature 1 on the first
+    # 200 eval questions), the comparisons of PRIMARY_V3. The calibration arms wait for V3_CALIBRATION.
+    "evidence-v3": Preset(
+        seeds={arm: 3 for arm in ("rd_only", "hytuning", "hytuning_blind", "rd_cal", "hytuning_blind_cal")},
+        training=_LEARNING,
+        **_EVIDENCE_REGIME,
+        n_eval=800,
+        jobs=2,
+        checkpoint_steps=(50,),
+        primary=PRIMARY_V3,
+    ),
     # Issue 34's pilot: rd_only and RD plus the calibration loss at 0.01 to 1.0 (target weakest_token; 'pilot-
     # share': the group's share), seed 0, the premise's regime and data; judged on the anchor questions only.
     **{
@@ -267,14 +295,14 @@ PRESETS: dict[str, Preset] = {
         for name, target in (("pilot", "weakest_token"), ("pilot-share", "share"))
     },
     "cpu-full": Preset(
-        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS},
+        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS and runnable(arm)},
         training=_CPU_TRAINING,
         max_steps=40,
         budget_minutes=360,
         jobs=2,
     ),
     "gpu": Preset(
-        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS},
+        seeds={arm: 3 for arm in ARMS if arm not in PILOT_ARMS and runnable(arm)},
         training=[
             "--config",
             GPU_RECIPE,
