@@ -732,9 +732,14 @@ class HyTuningTrainer(GRPOTrainer):
         p = z.softmax(-1).gather(1, inputs[CAL_INDEX][rows].unsqueeze(1)).squeeze(1)
         squared = (p - target[rows].detach()) ** 2
         loss = squared.sum() / max(len(rows), 1) / self.current_gradient_accumulation_steps
-        total, n = self._reduce_sums([float(squared.detach().sum()), float(len(rows))])
+        sums = [float(squared.detach().sum()), float(len(rows)), float(p.detach().sum()), float(target[rows].sum())]
+        total, n, p_sum, target_sum = self._reduce_sums(sums)
         if n:
-            trl_compat.metrics(self, "train")["hytuning/calibration_loss"].append(total / n)
+            metrics = trl_compat.metrics(self, "train")
+            metrics["hytuning/calibration_loss"].append(total / n)
+            # where p and its target sit: a loss can fall by moving p toward a target that carries no signal
+            metrics["hytuning/calibration_p"].append(p_sum / n)
+            metrics["hytuning/calibration_target"].append(target_sum / n)
         return loss
 
     def _save_checkpoint(self, model, trial):

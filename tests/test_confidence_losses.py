@@ -116,10 +116,11 @@ def test_answer_blind_rl_by_gradients(tmp_path, build_trainer, trained_model, tr
     assert max(grads_elsewhere) > 0.0
 
 
-def hand_calibration_grads(model, tokenizer, calls, target, weight, ga, micro_batch=4):
+def hand_calibration_grads(model, tokenizer, calls, target, weight, ga, micro_batch=4, levels=None):
     """w * sum over micro-batches of mean_i (p_i - t_i)^2 / GA, the rollouts of each call split into micro-batches of
     ``micro_batch`` (their order does not matter: every micro-batch has as many rows, all with a target), by plain
-    forwards: p_i the option-renormalised probability of the stated letter where the completion states it."""
+    forwards: p_i the option-renormalised probability of the stated letter where the completion states it. ``levels``
+    (a dict), when given, receives the mean p_i and t_i."""
     model = copy.deepcopy(model).train()
     model.zero_grad()
     options = [tokenizer(" " + x, add_special_tokens=False)["input_ids"][0] for x in LETTERS]
@@ -139,6 +140,9 @@ def hand_calibration_grads(model, tokenizer, calls, target, weight, ga, micro_ba
                     lps = [logp[len(p) - 1 + j, c[j]].item() for j in range(s)]
                 t = math.exp(min(lps)) if lps else 1.0
             terms.append((prob - t) ** 2)
+            if levels is not None:
+                levels.setdefault("p", []).append(prob.item())
+                levels.setdefault("t", []).append(t)
         for b in range(0, len(terms), micro_batch):
             (weight * torch.stack(terms[b : b + micro_batch]).mean() / ga).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -173,12 +177,17 @@ def test_calibration_loss_by_gradients(build_trainer, trained_model, trained_tok
     got = _grads(trainer, 1)
     assert len(calls) == 1 and len(calls[0][0]) == 4 * ga  # one generation round for both micro-steps
     rd = _rd_reference(initial, trainer, drawn, 1, ga)[0]
-    cal = hand_calibration_grads(initial, trained_tokenizer, [(calls[0][0], calls[0][1])], target, weight, ga)
+    levels = {}
+    cal = hand_calibration_grads(initial, trained_tokenizer, [(calls[0][0], calls[0][1])], target, weight, ga,
+                                 levels=levels)  # fmt: skip
     expected = {n: rd[n] + cal[n] for n in rd}
     _assert_close(got[0], expected, f"rd_only + calibration ({target})", atol=1e-6)
     assert max(g.abs().max().item() for g in cal.values()) > 1e-6  # the calibration part is not trivially zero
     logged = [h for h in trainer.state.log_history if "hytuning/calibration_loss" in h]
     assert logged and logged[0]["hytuning/calibration_share"] == 1.0
+    # the logged levels: the mean p and target over the step's rollouts, by hand (micro-batches of equal size)
+    assert logged[0]["hytuning/calibration_p"] == pytest.approx(sum(levels["p"]) / len(levels["p"]), abs=1e-5)
+    assert logged[0]["hytuning/calibration_target"] == pytest.approx(sum(levels["t"]) / len(levels["t"]), abs=1e-5)
 
 
 def test_rd_only_step_generates_nothing(build_trainer, trained_model, trained_tokenizer):
