@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --preset gate --steps 3                     # SmolLM2, the preset's settings
     python benchmarks/profile_step.py --model path/to/tiny --steps 2 --data_dir d # any model, a synthetic-task dir
+    python benchmarks/profile_step.py --preset evidence-v3 --arm rd_cal --calibration share 0.1  # a pending arm
 
 One process runs the preset's training arguments (``benchmarks/compare_baselines.py``) for ``--steps`` steps through
 ``examples/train_medqa.py``'s own trainer builder, with timers around the parts (seconds summed per step, the first
@@ -81,6 +82,26 @@ def instrument() -> None:
     _timed(Accelerator, "backward", "backward")
 
 
+def arm_flags(arm: str, calibration: list[str] | None = None) -> list[str]:
+    """The arm's flags (``compare_baselines.py``'s ``ARMS``), with ``calibration`` (target, weight) in place of its
+    calibration flags, or added: the calibration arms' own are pending until the pilot sets them, and a profile
+    taken before that needs a value."""
+    from evidence import presets
+
+    flags = list(presets.ARMS[arm])
+    if not calibration:
+        if not presets.runnable(arm):
+            raise SystemExit(
+                f"--arm {arm}: its calibration target and weight are pending; give them: --calibration T W"
+            )
+        return flags
+    for name in ("--calibration_target", "--calibration_weight"):
+        if name in flags:
+            at = flags.index(name)
+            del flags[at : at + 2]
+    return flags + presets.calibration(*calibration)
+
+
 def build(args, out: str):
     import train_medqa
     from evidence import presets, runner
@@ -102,7 +123,8 @@ def build(args, out: str):
         os.path.join(data, "traces.jsonl"),
     ]
     argv += ["--allow_sample_traces", "true", "--skip_eval", "true", "--max_steps", str(args.steps)]
-    argv += ["--output_dir", out, "--save_strategy", "no", *presets.ARMS[args.arm], "--prg_every", str(args.prg_every)]
+    flags = arm_flags(args.arm, args.calibration)
+    argv += ["--output_dir", out, "--save_strategy", "no", *flags, "--prg_every", str(args.prg_every)]
     if args.model:
         argv += ["--model_name_or_path", args.model]
     script_args, training_args, model_args = train_medqa.parse(argv)
@@ -124,7 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data_dir", default=None, help="A folder with unlabeled.jsonl and traces.jsonl.")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--output", default=None, help="Also write the table as JSON here.")
+    p.add_argument(
+        "--calibration",
+        nargs=2,
+        metavar=("TARGET", "WEIGHT"),
+        help="The calibration loss's target and weight for the arm (needed by rd_cal and hytuning_blind_cal while "
+        "their own are pending; added to any other arm).",
+    )
     args = p.parse_args(argv)
+    arm_flags(args.arm, args.calibration)  # a pending arm without --calibration stops here, before any model loads
 
     from transformers import TrainerCallback
 
@@ -157,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         flag = "  <- target (> 15%, the package's own)" if key in OWN and value > 0.15 * step else ""
         print(f"{key:<24}{value:>12.3f}{value / step:>8.1%}{flag}")
     result = {"preset": args.preset, "arm": args.arm, "prg_every": args.prg_every, "median_step_s": step,
-              "parts_s": table, "steps": per_step}  # fmt: skip
+              "parts_s": table, "steps": per_step, "calibration": args.calibration}  # fmt: skip
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)

@@ -975,3 +975,18 @@ def test_calibration_choice_by_the_rule_fixed_before_the_pilots(tmp_path, capsys
     printed = cli.main(["--calibration_choice", str(tmp_path / "pilot"), str(tmp_path / "pilot-share")])
     assert printed == share and json.loads(capsys.readouterr().out) == share
     assert cli.main(["--calibration_choice", str(tmp_path / "pilot"), str(tmp_path / "none")])["status"] == "pending"
+
+
+def test_profile_step_takes_the_calibration_of_a_pending_arm():
+    """profile_step.py --calibration T W: the pending arms get it in place of their placeholder, another arm gets it
+    added; a pending arm without it stops before any model loads, naming the flag."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import profile_step
+
+    cal = ["--calibration_target", "share", "--calibration_weight", "0.1"]
+    assert profile_step.arm_flags("rd_cal", ["share", "0.1"]) == ["--mixing", "rd_only", *presets.SELF_CERTAINTY, *cal]
+    assert profile_step.arm_flags("hytuning_blind_cal", ["share", "0.1"]) == [*presets.ARMS["hytuning_blind"], *cal]
+    assert profile_step.arm_flags("hytuning", None) == presets.ARMS["hytuning"]
+    assert profile_step.arm_flags("rd_cal_weakest_token_0.3", ["share", "0.1"]) == [*presets.ARMS["rd_only"], *cal]
+    with pytest.raises(SystemExit, match="--arm rd_cal: .* pending; give them: --calibration T W"):
+        profile_step.main(["--arm", "rd_cal", "--model", "/nonexistent"])
