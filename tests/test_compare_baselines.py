@@ -990,3 +990,51 @@ def test_profile_step_takes_the_calibration_of_a_pending_arm():
     assert profile_step.arm_flags("rd_cal_weakest_token_0.3", ["share", "0.1"]) == [*presets.ARMS["rd_only"], *cal]
     with pytest.raises(SystemExit, match="--arm rd_cal: .* pending; give them: --calibration T W"):
         profile_step.main(["--arm", "rd_cal", "--model", "/nonexistent"])
+
+
+def test_auroc_curves_and_estimator_grid_worked_by_hand(tmp_path):
+    """The probe's AUROC per single-pass estimator over the steps: step 0 from the base model's answers to the probe
+    questions, the probes from the run's log, the last step from its final evaluation on the probe questions, each
+    recomputed here with sklearn from the records' own numbers; a run whose probes logged no estimator (0.3.0) is
+    left out; the figures are written, one reliability panel per arm and estimator."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    questions = [f"q{i}" for i in range(30)]
+    probe_file = tmp_path / "probe.jsonl"
+    runner.write_jsonl(str(probe_file), [{"question": q} for q in questions[:20]])
+    base = _fake_records(rng, questions, 0.5)
+    runs, by_arm = [], {}
+    for arm, logged in (("rd_only", True), ("hytuning", True), ("rl_only", False)):
+        folder = tmp_path / arm
+        folder.mkdir()
+        probe = {"step": 2, "eval_calibration/accuracy": 0.6, "eval_calibration/after_reasoning/auroc": 0.41}
+        if logged:
+            probe.update({"eval_calibration/weakest_token/auroc": 0.8, "eval_calibration/reasoning_likelihood/auroc":
+                          0.7, "eval_calibration/prg_gated/auroc": 0.45})  # fmt: skip
+        history = [{"step": 1, "loss": 1.0}, probe, {"step": 4, "loss": 0.5}]
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4, "log_history": history}))
+        runs.append(runner.Run(arm, 0, str(folder)))
+        by_arm[arm] = {0: _fake_records(rng, questions, 2.0)}
+    series = report.auroc_series(runs, base, by_arm, {"probe": str(probe_file)})
+    assert set(series) == {"rd_only/seed0", "hytuning/seed0"}
+
+    def by_sklearn(recs, score):
+        sub = recs[:20]
+        return roc_auc_score([r["correct"] for r in sub], [score(r) for r in sub])
+
+    weakest = lambda r: float(np.exp(min(r["reasoning_logprobs"])))  # noqa: E731
+    points = series["rd_only/seed0"]["weakest_token"]
+    assert [s for s, _ in points] == [0, 2, 4] and points[1][1] == 0.8
+    assert points[0][1] == pytest.approx(by_sklearn(base, weakest))
+    assert points[2][1] == pytest.approx(by_sklearn(by_arm["rd_only"][0], weakest))
+    after = series["hytuning/seed0"]["after_reasoning"]
+    assert after[1][1] == 0.41 and after[2][1] == pytest.approx(by_sklearn(by_arm["hytuning"][0],
+                                                                           lambda r: r["confidence"]))  # fmt: skip
+    accuracy = series["hytuning/seed0"]["accuracy"]
+    assert accuracy[2][1] == pytest.approx(sum(r["correct"] for r in by_arm["hytuning"][0][:20]) / 20)
+    report.auroc_curves(str(tmp_path), series)
+    drawn = report.estimator_grid(str(tmp_path), runs[:2], by_arm)
+    assert len(drawn) == 2 * 4 and (tmp_path / "auroc_curves.png").stat().st_size > 0
+    assert (tmp_path / "reliability_estimators.png").stat().st_size > 0

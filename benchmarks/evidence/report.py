@@ -1,5 +1,6 @@
-"""The report of the evidence harness: ``results.json``, ``results.md``, ``curves.png`` and ``reliability_grid.png``
-from what :func:`evidence.analysis.analyse` computed."""
+"""The report of the evidence harness: ``results.json``, ``results.md``, ``curves.png``, ``reliability_grid.png`` and,
+for runs that log every confidence estimator (0.4.0), ``auroc_curves.png`` and ``reliability_estimators.png``, from
+what :func:`evidence.analysis.analyse` computed."""
 
 from __future__ import annotations
 
@@ -280,14 +281,123 @@ def grid(out: str, runs: list[Run], base: list[dict], by_arm: dict[str, dict[int
     plt.close(fig)
 
 
+def auroc_series(runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, list[dict]]], files: dict) -> dict:
+    """Per run (``"<arm>/seed<k>"``) and single-pass estimator, ``[(step, AUROC)]`` on the probe questions: step 0 from
+    the base model's answers to them, each probe from the run's log (``eval_calibration/<estimator>/auroc``), the last
+    step from the final evaluation restricted to them (unless a probe ran there); and ``accuracy`` the same way. A
+    run whose probes logged no estimator (before 0.4.0) is left out; AUROC is None where the answers are all right or
+    all wrong."""
+    from hytuning_trl import calibration_metrics
+    from hytuning_trl.estimators import SINGLE_PASS_ESTIMATORS, estimator_confidences
+
+    probe = {q["question"] for q in read_jsonl(files["probe"])}
+
+    def measured(recs: list[dict]) -> dict:
+        sub = [r for r in recs if r["question"] in probe]
+        if not sub:
+            return {}
+        correct = [r["correct"] for r in sub]
+        conf = [estimator_confidences(r) for r in sub]
+        out = {n: calibration_metrics([c[n] for c in conf], correct)["auroc"] for n in SINGLE_PASS_ESTIMATORS}
+        return {**out, "accuracy": sum(correct) / len(sub)}
+
+    at_base = measured(base)
+    series = {}
+    for r in runs:
+        hist = log_history(r)
+        probes = [h for h in hist if f"eval_calibration/{SINGLE_PASS_ESTIMATORS[1]}/auroc" in h]
+        if not probes:
+            continue
+        keys = {n: f"eval_calibration/{n}/auroc" for n in SINGLE_PASS_ESTIMATORS}
+        keys["accuracy"] = "eval_calibration/accuracy"
+        points = {n: ([(0, at_base[n])] if n in at_base else []) + [(h["step"], h.get(k)) for h in probes]
+                  for n, k in keys.items()}  # fmt: skip
+        last = max([h["step"] for h in hist if "step" in h], default=0)
+        if probes[-1]["step"] != last and by_arm.get(r.arm, {}).get(r.seed):
+            final = measured(by_arm[r.arm][r.seed])
+            for n in points:
+                points[n].append((last, final.get(n)))
+        series[f"{r.arm}/seed{r.seed}"] = points
+    return series
+
+
+def auroc_curves(out: str, series: dict) -> None:
+    """``auroc_curves.png``: :func:`auroc_series` drawn, a panel per estimator and one for the probe accuracy, every
+    seed of an arm in its colour (seed 0 labelled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(next(iter(series.values())))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), constrained_layout=True, squeeze=False)
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    for run, points in series.items():
+        arm, seed = run.rsplit("/seed", 1)
+        for ax, name in zip(axes[0], names):
+            pts = [(s, v) for s, v in points[name] if v is not None]
+            if pts:
+                ax.plot(*zip(*pts), color=colours[arm], marker="o", alpha=0.8, label=arm if seed == "0" else None)
+    for ax, name in zip(axes[0], names):
+        ax.set_title(f"probe {name}" if name == "accuracy" else f"probe AUROC: {name}")
+        ax.set_xlabel("step")
+        if name != "accuracy":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.legend(fontsize=7)
+    fig.savefig(os.path.join(out, "auroc_curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def estimator_grid(out: str, runs: list[Run], by_arm: dict[str, dict[int, list[dict]]]) -> list[tuple[str, str]]:
+    """``reliability_estimators.png``: the reliability diagram of every single-pass estimator (columns) for each
+    arm's lowest seed (rows), on the final evaluation. Returns the ``(row, estimator)`` panels drawn."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hytuning_trl import reliability_diagram
+    from hytuning_trl.estimators import SINGLE_PASS_ESTIMATORS, estimator_confidences
+
+    first = {}
+    for r in runs:
+        if r.arm not in first or r.seed < first[r.arm].seed:
+            first[r.arm] = r
+    rows = [(f"{r.arm} (seed {r.seed})", by_arm[r.arm][r.seed]) for r in first.values()]
+    cols = len(SINGLE_PASS_ESTIMATORS)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.6 * cols, 4.1 * len(rows)), constrained_layout=True,
+                             squeeze=False)  # fmt: skip
+    drawn = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (title, recs) in enumerate(rows):
+            conf = [estimator_confidences(x) for x in recs]
+            correct = [x["correct"] for x in recs]
+            for j, name in enumerate(SINGLE_PASS_ESTIMATORS):
+                png = reliability_diagram([c[name] for c in conf], correct, os.path.join(tmp, f"{i}_{j}.png"),
+                                          title=f"{title}: {name}")  # fmt: skip
+                axes[i][j].imshow(plt.imread(png))
+                axes[i][j].axis("off")
+                drawn.append((title, name))
+    fig.savefig(os.path.join(out, "reliability_estimators.png"), dpi=90)
+    plt.close(fig)
+    return drawn
+
+
 def write(out: str, result: dict, args, runs: list[Run], base: list[dict], by_arm: dict, files: dict) -> dict:
-    """``results.json``, ``results.md``, ``curves.png`` and ``reliability_grid.png`` in ``out``; returns ``result``."""
+    """``results.json``, ``results.md``, ``curves.png`` and ``reliability_grid.png`` in ``out`` (with every estimator
+    logged: ``auroc_curves.png`` and ``reliability_estimators.png`` too); returns ``result``."""
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(result, args))
     curves(out, runs, base, by_arm, files)
     grid(out, runs, base, by_arm)
+    series = auroc_series(runs, base, by_arm, files)
+    if series:
+        auroc_curves(out, series)
+        estimator_grid(out, [r for r in runs if f"{r.arm}/seed{r.seed}" in series], by_arm)
     return result
 
 

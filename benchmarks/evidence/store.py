@@ -12,6 +12,7 @@ from .runner import PREMISE_KINDS, read_jsonl
 #: What ``--collect`` copies: the figures, the learning curves and the per-question predictions; never weights.
 SMALL_OUTPUTS = [
     "plan.json", "measurements.json", "results.json", "results.md", "curves.png", "reliability_grid.png",
+    "auroc_curves.png", "reliability_estimators.png",
     "validity/validity.json", "base/calibration.json", "base/predictions.jsonl", "base_anchor/calibration.json",
     "base_anchor/predictions.jsonl",
 ]  # fmt: skip
@@ -66,7 +67,8 @@ def collect(out: str, dest: str) -> list[str]:
 
 
 #: Analysis outputs: made anew by every analysis, so ``--restore`` leaves them behind.
-ANALYSIS_OUTPUTS = {"results.json", "results.md", "curves.png", "reliability_grid.png"}
+ANALYSIS_OUTPUTS = {"results.json", "results.md", "curves.png", "reliability_grid.png", "auroc_curves.png",
+                    "reliability_estimators.png"}  # fmt: skip
 
 
 def restore(sources: str | list[str], out: str) -> list[str]:
