@@ -123,8 +123,7 @@ def build(args, out: str):
         os.path.join(data, "traces.jsonl"),
     ]
     argv += ["--allow_sample_traces", "true", "--skip_eval", "true", "--max_steps", str(args.steps)]
-    flags = arm_flags(args.arm, args.calibration)
-    argv += ["--output_dir", out, "--save_strategy", "no", *flags, "--prg_every", str(args.prg_every)]
+    argv += ["--output_dir", out, "--save_strategy", "no", *args.flags, "--prg_every", str(args.prg_every)]
     if args.model:
         argv += ["--model_name_or_path", args.model]
     script_args, training_args, model_args = train_medqa.parse(argv)
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "their own are pending; added to any other arm).",
     )
     args = p.parse_args(argv)
-    arm_flags(args.arm, args.calibration)  # a pending arm without --calibration stops here, before any model loads
+    args.flags = arm_flags(args.arm, args.calibration)  # a pending arm without it stops here, before a model loads
 
     from transformers import TrainerCallback
 

@@ -554,18 +554,16 @@ def calibration_choice(weakest_token: dict | None, share: dict | None) -> dict:
     3. else none: the calibration arms are dropped rather than run at 3 seeds with a loss that costs RD its answers.
 
     ``status`` is ``pending`` while a pilot the rule needs has not run every weight of
-    :data:`~evidence.presets.PILOT_WEIGHTS` (and rd_only), ``chosen`` or ``dropped`` after."""
-
-    def complete(result: dict | None, target: str) -> bool:
-        wanted = {"rd_only", *(f"rd_cal_{target}_{w}" for w in PILOT_WEIGHTS)}
-        return result is not None and wanted <= set(result.get("per_arm", {}))
+    :data:`~evidence.presets.PILOT_WEIGHTS` and rd_only (``missing`` names the runs), ``chosen`` or ``dropped``
+    after."""
 
     def kept(result: dict) -> bool:
         return result.get("chosen") is not None and not result.get("no_arm_kept_rd_only_accuracy", True)
 
     for result, target, pilot_name in ((weakest_token, "weakest_token", "pilot"), (share, "share", "pilot-share")):
-        if not complete(result, target):
-            missing = sorted({f"rd_cal_{target}_{w}" for w in PILOT_WEIGHTS} - set((result or {}).get("per_arm", {})))
+        wanted = {"rd_only", *(f"rd_cal_{target}_{w}" for w in PILOT_WEIGHTS)}
+        missing = sorted(wanted - set((result or {}).get("per_arm", {})))
+        if result is None or missing:
             return {"status": "pending", "waiting_for": pilot_name, "missing": missing}
         if kept(result):
             return {

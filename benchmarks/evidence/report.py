@@ -302,14 +302,14 @@ def auroc_series(runs: list[Run], base: list[dict], by_arm: dict[str, dict[int, 
         return {**out, "accuracy": sum(correct) / len(sub)}
 
     at_base = measured(base)
+    keys = {n: f"eval_calibration/{n}/auroc" for n in SINGLE_PASS_ESTIMATORS}
+    keys["accuracy"] = "eval_calibration/accuracy"
     series = {}
     for r in runs:
         hist = log_history(r)
-        probes = [h for h in hist if f"eval_calibration/{SINGLE_PASS_ESTIMATORS[1]}/auroc" in h]
+        probes = [h for h in hist if keys[SINGLE_PASS_ESTIMATORS[1]] in h]
         if not probes:
             continue
-        keys = {n: f"eval_calibration/{n}/auroc" for n in SINGLE_PASS_ESTIMATORS}
-        keys["accuracy"] = "eval_calibration/accuracy"
         points = {n: ([(0, at_base[n])] if n in at_base else []) + [(h["step"], h.get(k)) for h in probes]
                   for n, k in keys.items()}  # fmt: skip
         last = max([h["step"] for h in hist if "step" in h], default=0)

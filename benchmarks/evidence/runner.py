@@ -129,10 +129,10 @@ def plan_runs(preset: Preset, args: argparse.Namespace) -> list[Run]:
     last; within an arm, the lowest seed first (``--first_seed``, 0 by default)."""
     arms = [a for a in ARMS if a in preset.seeds and (not args.arms or a in args.arms)]
     arms.sort(key=lambda a: (a != ADAPTIVE, a not in REFERENCES, a == CONSTANT))
+    first = getattr(args, "first_seed", 0) or 0
     runs = []
     for arm in arms:
         n = args.seeds if args.seeds is not None else preset.seeds[arm]
-        first = getattr(args, "first_seed", 0) or 0
         runs += [Run(arm, s, os.path.join(args.output_dir, "runs", arm, f"seed{s}")) for s in range(first, first + n)]
     return runs
 
@@ -283,7 +283,7 @@ def train(run: Run, preset: Preset, files: dict, plan: dict, extra: list[str], j
         cmd += ["--resume_from_checkpoint", "true"]
     say(f"{run.arm} seed {run.seed}: " + (f"resumed from {os.path.basename(checkpoint)}" if checkpoint else "started"))
     threads = lane_threads(jobs)
-    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None)
+    seconds = execute(cmd, os.path.join(run.folder, "train.log"), jobs, append=checkpoint is not None, threads=threads)
     with open(os.path.join(run.folder, "DONE.json"), "w") as f:
         done = {"arm": run.arm, "seed": run.seed, "seconds": round(seconds, 1), "command": cmd, "commit": git_commit()}
         done["threads"] = threads  # a retrain (``retrain``) reuses them
