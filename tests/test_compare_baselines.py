@@ -32,10 +32,13 @@ def test_presets_run_the_arms_and_seeds_the_issue_names(capsys):
     assert all("--max_completion_length 64" in line and "--prg_every 2" in line for line in lines[:-1])
     assert "set from a measured step time" in lines[-1]
     full, _ = _dry(capsys, "--preset", "cpu-full")
-    arms = [a for a in presets.ARMS if a not in presets.PILOT_ARMS and presets.runnable(a)]  # calibration: pending
-    assert len(full) == 3 * len(arms) == 24 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
+    arms = [a for a in presets.ARMS if a not in presets.PILOT_ARMS]  # the calibration arms at the pilot's choice
+    assert len(full) == 3 * len(arms) == 30 and {r.split(" seed")[1] for r in full} == {" 0", " 1", " 2"}
     gpu, gpu_lines = _dry(capsys, "--preset", "gpu")
-    assert len(gpu) == 24
+    assert len(gpu) == 30
+    [cal] = [line for line in gpu_lines if line.startswith("rd_cal seed 0")]
+    flags = "--mixing rd_only --rewards self_certainty --reward_weights 1.0 --calibration_target weakest_token"
+    assert f"{flags} --calibration_weight 0.01 " in cal
     [blind] = [line for line in gpu_lines if line.startswith("hytuning_blind seed 0")]  # an arm added in one place
     assert "--mixing prg --answer_blind_rl true --rewards self_certainty prg_gated_confidence" in blind
     assert all(presets.GPU_RECIPE in line and "Qwen/Qwen2.5-1.5B-Instruct" in line for line in gpu_lines[:-1])
@@ -907,22 +910,14 @@ def test_first_seed_runs_one_seed_alone(capsys):
 
 def test_evidence_v3_arms_differ_only_where_issue_34_names(capsys, tmp_path, monkeypatch):
     """evidence-v3: the five arms at 3 seeds in the premise's regime and data; rd_cal is rd_only plus the calibration
-    loss, hytuning_blind_cal is hytuning_blind plus it, hytuning_blind is hytuning with the answer out of RL; every
-    command is the premise's but for the checkpoints it keeps. The calibration arms refuse to start while their
-    target and weight are pending, before anything is written, naming the arms to run meanwhile."""
+    loss at the pilot's choice, hytuning_blind_cal is hytuning_blind plus it, hytuning_blind is hytuning with the
+    answer out of RL; every command is the premise's but for the checkpoints it keeps. An arm whose calibration is
+    still pending refuses to start, before anything is written, naming the arms to run meanwhile."""
     runs, lines = _dry(capsys, "--preset", "evidence-v3")
     arms = ("rd_only", "hytuning", "hytuning_blind", "rd_cal", "hytuning_blind_cal")
     assert sorted(runs) == sorted(f"{a} seed {s}" for a in arms for s in range(3))
-    assert "Pending, not runnable yet: hytuning_blind_cal, rd_cal" in lines[-1]
-    out = tmp_path / "v3"
-    with pytest.raises(SystemExit, match=r"rd_cal: .* pending .*--arms hytuning rd_only hytuning_blind$"):
-        cli.main(["--preset", "evidence-v3", "--output_dir", str(out)])
-    assert not out.exists()
-    cal = ["--calibration_target", "weakest_token", "--calibration_weight", "0.03"]
-    monkeypatch.setitem(presets.ARMS, "rd_cal", [*presets.ARMS["rd_only"], *cal])
-    monkeypatch.setitem(presets.ARMS, "hytuning_blind_cal", [*presets.ARMS["hytuning_blind"], *cal])
-    assert all(presets.runnable(a) for a in arms)
-    _, lines = _dry(capsys, "--preset", "evidence-v3")
+    assert "Pending" not in lines[-1]
+    cal = ["--calibration_target", "weakest_token", "--calibration_weight", "0.01"]
     by_arm = {line.split(" seed")[0]: line.split(" --output_dir ")[1].split(" ", 1)[1] for line in lines[:-1]}
     assert by_arm["rd_only"] == "--mixing rd_only --rewards self_certainty --reward_weights 1.0"
     assert by_arm["rd_cal"] == by_arm["rd_only"] + " " + " ".join(cal)
@@ -936,6 +931,32 @@ def test_evidence_v3_arms_differ_only_where_issue_34_names(capsys, tmp_path, mon
     assert common == {premise_common.replace("--save_total_limit 5", "--save_total_limit 1")}
     v3 = presets.PRESETS["evidence-v3"]
     assert v3.primary is presets.PRIMARY_V3 and v3.checkpoint_steps == (50,) and v3.n_eval == 800
+
+    pending = presets.calibration(presets.PENDING, presets.PENDING)
+    monkeypatch.setitem(presets.ARMS, "rd_cal", [*presets.ARMS["rd_only"], *pending])
+    monkeypatch.setitem(presets.ARMS, "hytuning_blind_cal", [*presets.ARMS["hytuning_blind"], *pending])
+    _, lines = _dry(capsys, "--preset", "evidence-v3")
+    assert "Pending, not runnable yet: hytuning_blind_cal, rd_cal" in lines[-1]
+    out = tmp_path / "v3"
+    with pytest.raises(SystemExit, match=r"rd_cal: .* pending .*--arms hytuning rd_only hytuning_blind$"):
+        cli.main(["--preset", "evidence-v3", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_v3_calibration_is_the_committed_pilots_choice():
+    """The calibration arms carry what the rule chooses from the committed pilot outputs (docs/data/pilot; the share
+    pilot did not run), worked here from the pilot's own table: the weights whose greedy anchor accuracy is not
+    below rd_only's, the lowest sampled Brier among them."""
+    pilot_dir = os.path.join(ROOT, "docs", "data", "pilot")
+    with open(os.path.join(pilot_dir, "results.json")) as f:
+        rows = json.load(f)["per_arm"]
+    floor = rows["rd_only"]["anchor_accuracy"]
+    kept = {a: r for a, r in rows.items() if a != "rd_only" and r["anchor_accuracy"] >= floor}
+    assert kept, "no pilot run kept rd_only's anchor accuracy: the calibration arms would be dropped"
+    arm = min(kept, key=lambda a: (kept[a]["sampled_brier"], kept[a]["weight"]))
+    assert presets.V3_CALIBRATION == ("weakest_token", str(kept[arm]["weight"]))
+    choice = analysis.calibration_choice(analysis.read_pilot(pilot_dir), None)
+    assert (choice["calibration_target"], str(choice["calibration_weight"])) == presets.V3_CALIBRATION
 
 
 def _pilot_result(target, accuracies, chosen=None):
@@ -977,7 +998,7 @@ def test_calibration_choice_by_the_rule_fixed_before_the_pilots(tmp_path, capsys
     assert cli.main(["--calibration_choice", str(tmp_path / "pilot"), str(tmp_path / "none")])["status"] == "pending"
 
 
-def test_profile_step_takes_the_calibration_of_a_pending_arm():
+def test_profile_step_takes_the_calibration_of_a_pending_arm(monkeypatch):
     """profile_step.py --calibration T W: the pending arms get it in place of their placeholder, another arm gets it
     added; a pending arm without it stops before any model loads, naming the flag."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -988,6 +1009,9 @@ def test_profile_step_takes_the_calibration_of_a_pending_arm():
     assert profile_step.arm_flags("hytuning_blind_cal", ["share", "0.1"]) == [*presets.ARMS["hytuning_blind"], *cal]
     assert profile_step.arm_flags("hytuning", None) == presets.ARMS["hytuning"]
     assert profile_step.arm_flags("rd_cal_weakest_token_0.3", ["share", "0.1"]) == [*presets.ARMS["rd_only"], *cal]
+    assert profile_step.arm_flags("rd_cal", None) == presets.ARMS["rd_cal"]
+    pending = presets.calibration(presets.PENDING, presets.PENDING)
+    monkeypatch.setitem(presets.ARMS, "rd_cal", [*presets.ARMS["rd_only"], *pending])
     with pytest.raises(SystemExit, match="--arm rd_cal: .* pending; give them: --calibration T W"):
         profile_step.main(["--arm", "rd_cal", "--model", "/nonexistent"])
 

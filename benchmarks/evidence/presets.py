@@ -54,11 +54,13 @@ PILOT_ARMS = {
 ARMS.update(PILOT_ARMS)
 
 
-#: Issue 34's calibration arms' ``calibration_target`` and ``calibration_weight``: set here from the pilot, before
-#: the evidence run (:func:`evidence.analysis.calibration_choice` on the ``pilot`` and ``pilot-share`` outputs), and
-#: :data:`PENDING` until then. An arm that carries a pending value refuses to run (:func:`runnable`).
+#: Issue 34's calibration arms' ``calibration_target`` and ``calibration_weight``, set from the pilot before the
+#: evidence run: ``--calibration_choice docs/data/pilot docs/data/pilot-share``
+#: (:func:`evidence.analysis.calibration_choice`) chose weakest_token at 0.01, the only weight of the five whose run
+#: kept rd_only's greedy anchor accuracy (docs/data/pilot). :data:`PENDING` in place of a value makes an arm refuse to
+#: run (:func:`runnable`): the state before a pilot has chosen.
 PENDING = "pending"
-V3_CALIBRATION: tuple[str, str] = (PENDING, PENDING)
+V3_CALIBRATION: tuple[str, str] = ("weakest_token", "0.01")
 
 #: Issue 34's arms with the label-free calibration loss: RD plus the loss, RL off; answer-blind RL plus the loss.
 ARMS["rd_cal"] = ["--mixing", "rd_only", *SELF_CERTAINTY, *calibration(*V3_CALIBRATION)]
