@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --preset gate --steps 3                     # SmolLM2, the preset's settings
     python benchmarks/profile_step.py --model path/to/tiny --steps 2 --data_dir d # any model, a synthetic-task dir
-    python benchmarks/profile_step.py --preset evidence-v3 --arm rd_cal --calibration share 0.1  # a pending arm
+    python benchmarks/profile_step.py --preset evidence-v3 --arm rd_cal --calibration share 0.1  # at another value
 
 One process runs the preset's training arguments (``benchmarks/compare_baselines.py``) for ``--steps`` steps through
 ``examples/train_medqa.py``'s own trainer builder, with timers around the parts (seconds summed per step, the first
@@ -84,8 +84,8 @@ def instrument() -> None:
 
 def arm_flags(arm: str, calibration: list[str] | None = None) -> list[str]:
     """The arm's flags (``compare_baselines.py``'s ``ARMS``), with ``calibration`` (target, weight) in place of its
-    calibration flags, or added: the calibration arms' own are pending until the pilot sets them, and a profile
-    taken before that needs a value."""
+    calibration flags, or added: a calibration arm profiled at another value than the pilot's, or one whose own are
+    still pending (``presets.PENDING``), which needs a value."""
     from evidence import presets
 
     flags = list(presets.ARMS[arm])
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--calibration",
         nargs=2,
         metavar=("TARGET", "WEIGHT"),
-        help="The calibration loss's target and weight for the arm (needed by rd_cal and hytuning_blind_cal while "
-        "their own are pending; added to any other arm).",
+        help="The calibration loss's target and weight for the arm (in place of rd_cal's and hytuning_blind_cal's "
+        "own, needed while those are pending; added to any other arm).",
     )
     args = p.parse_args(argv)
     args.flags = arm_flags(args.arm, args.calibration)  # a pending arm without it stops here, before a model loads

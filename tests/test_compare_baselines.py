@@ -999,8 +999,8 @@ def test_calibration_choice_by_the_rule_fixed_before_the_pilots(tmp_path, capsys
 
 
 def test_profile_step_takes_the_calibration_of_a_pending_arm(monkeypatch):
-    """profile_step.py --calibration T W: the pending arms get it in place of their placeholder, another arm gets it
-    added; a pending arm without it stops before any model loads, naming the flag."""
+    """profile_step.py --calibration T W: the calibration arms get it in place of their own, another arm gets it
+    added; without it they keep their own, and a pending arm stops before any model loads, naming the flag."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import profile_step
 
