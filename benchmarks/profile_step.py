@@ -137,9 +137,12 @@ def build(args, out: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from evidence import presets
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gate", help="A preset of benchmarks/compare_baselines.py.")
-    p.add_argument("--arm", default="hytuning", help="The arm of compare_baselines.py (hytuning: every part runs).")
+    p.add_argument("--arm", default="hytuning", choices=list(presets.ARMS), metavar="ARM",
+                   help="The arm of compare_baselines.py (hytuning: every part runs).")  # fmt: skip
     p.add_argument("--prg_every", type=int, default=1, help="Anchor round every N steps (1: measured every step).")
     p.add_argument("--model", default=None, help="Model folder (default: the preset's, SmolLM2-135M-Instruct).")
     p.add_argument("--data_dir", default=None, help="A folder with unlabeled.jsonl and traces.jsonl.")

@@ -1014,6 +1014,9 @@ def test_profile_step_takes_the_calibration_of_a_pending_arm(monkeypatch):
     monkeypatch.setitem(presets.ARMS, "rd_cal", [*presets.ARMS["rd_only"], *pending])
     with pytest.raises(SystemExit, match="--arm rd_cal: .* pending; give them: --calibration T W"):
         profile_step.main(["--arm", "rd_cal", "--model", "/nonexistent"])
+    with pytest.raises(SystemExit) as bad:  # an unknown arm: argparse's one line and exit 2, not a KeyError
+        profile_step.main(["--arm", "rd_call", "--model", "/nonexistent"])
+    assert bad.value.code == 2
 
 
 def test_auroc_curves_and_estimator_grid_worked_by_hand(tmp_path):
