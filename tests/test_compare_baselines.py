@@ -1065,3 +1065,16 @@ def test_auroc_curves_and_estimator_grid_worked_by_hand(tmp_path):
     drawn = report.estimator_grid(str(tmp_path), runs[:2], by_arm)
     assert len(drawn) == 2 * 4 and (tmp_path / "auroc_curves.png").stat().st_size > 0
     assert (tmp_path / "reliability_estimators.png").stat().st_size > 0
+
+
+def test_data_files_are_replaced_whole_or_not_at_all(tmp_path):
+    """Two lanes may share an output folder and every start rewrites the data files: a write that fails part way
+    (here the second row cannot be serialised) leaves the old file as it was, and no temporary file beside it."""
+    path = tmp_path / "traces.jsonl"
+    path.write_text('{"question": "old"}\n')
+    with pytest.raises(TypeError):
+        runner.write_jsonl(str(path), [{"question": "new"}, {"question": {1, 2}}])
+    assert path.read_text() == '{"question": "old"}\n'
+    assert os.listdir(tmp_path) == ["traces.jsonl"]
+    runner.write_jsonl(str(path), [{"question": "new"}])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"question": "new"}]

@@ -34,9 +34,18 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """Write ``rows`` to ``path`` whole or not at all: a temporary file beside it, then ``os.replace``. Every start
+    rewrites the data files, and two processes may share an output folder (one per lane, each with its own
+    ``--arms`` or ``--seeds``): a reader beside a start then sees the old file or the new one, never half of one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def derived_files(args: argparse.Namespace) -> dict[str, str]:
