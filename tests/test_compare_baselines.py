@@ -1078,3 +1078,40 @@ def test_data_files_are_replaced_whole_or_not_at_all(tmp_path):
     assert os.listdir(tmp_path) == ["traces.jsonl"]
     runner.write_jsonl(str(path), [{"question": "new"}])
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"question": "new"}]
+
+
+def test_premise_product_of_two_estimators_worked_by_hand(tmp_path):
+    """The exploratory product after_reasoning x weakest_token (analysis.PRODUCT): its AUROC per run and checkpoint
+    recomputed with sklearn from the records (the option probability of the chosen answer times exp of the lowest
+    reasoning log-probability), on the single-pass questions of each checkpoint, and its row in the report."""
+    from dataclasses import replace
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    eval_q = [f"q{i}" for i in range(60)]
+    folder = tmp_path / "runs" / "rd_only" / "seed0"
+    full = {4: _fake_records(rng, eval_q, 2.0), 2: _fake_records(rng, eval_q, 0.5)}
+    for step, rows in full.items():
+        where = folder / ("calibration_after" if step == 4 else "premise/step2/full")
+        os.makedirs(where)
+        runner.write_jsonl(str(where / "predictions.jsonl"), rows)
+        sampled = [{**r, "majority": "A", "samples": [{"answer": "A", "stated": True, "option_letters": list("ABCD"),
+                                                        "option_logprobs": [0.0, -1.0, -2.0, -3.0]}]}
+                   for r in rows[:10]]  # fmt: skip
+        os.makedirs(folder / f"premise/step{step}/sampled")
+        runner.write_jsonl(str(folder / f"premise/step{step}/sampled/predictions.jsonl"), sampled)
+    preset = replace(presets.PRESETS["premise"], checkpoint_steps=(2, 4), extra_eval=0)
+    result = analysis.premise([runner.Run("rd_only", 0, str(folder))], preset, {"max_steps": 4}, 200)
+    for step, rows in full.items():
+        product = [r["confidence"] * np.exp(min(r["reasoning_logprobs"])) for r in rows]
+        expected = roc_auc_score([r["correct"] for r in rows], product)
+        got = result["per_run"]["rd_only/seed0"][str(step)]["product_auroc"]
+        assert got["value"] == pytest.approx(expected) and got["n_questions"] == 60
+        assert got["value"] != pytest.approx(
+            result["per_run"]["rd_only/seed0"][str(step)]["auroc"]["weakest_token"]["value"]
+        )
+    text = "\n".join(report.premise_markdown(result))
+    value = result["per_run"]["rd_only/seed0"]["4"]["product_auroc"]["value"]
+    assert f"| rd_only/seed0 | 4 | {value:.3f} |" in text

@@ -6,6 +6,7 @@ writes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -360,6 +361,24 @@ def _excludes_zero(res: dict) -> bool:
 PREMISE_MARGIN = 0.05
 
 
+#: Exploratory, named after the premise's first checkpoints were seen (so no test on them): the product of two
+#: single-pass estimators, ``after_reasoning * weakest_token``. Each sees one kind of error (answers that contradict
+#: their reasoning; faithful answers to wrong reasoning), and the product is low when either is. The evidence run's
+#: arms are models it was not chosen on.
+PRODUCT = ("after_reasoning", "weakest_token")
+
+
+def product_records(recs: list[dict]) -> list[dict]:
+    """The records with ``confidence`` = the product of the :data:`PRODUCT` estimators' confidences."""
+    from hytuning_trl.estimators import estimator_confidences
+
+    out = []
+    for r in recs:
+        conf = estimator_confidences(r)
+        out.append({**r, "confidence": math.prod(conf[name] for name in PRODUCT)})
+    return out
+
+
 def as_estimator(recs: list[dict], name: str) -> list[dict]:
     """The records with ``confidence`` replaced by estimator ``name``'s (:mod:`hytuning_trl.estimators`), for the
     bootstrap, which reads ``confidence``."""
@@ -386,7 +405,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
 
     Per run and checkpoint: accuracy (greedy, all eval questions), errors, maj@k and accuracy on the sampled
     questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
-    (single-pass estimators on all eval questions, sampled ones on the sampled questions). At the last checkpoint,
+    (single-pass estimators on all eval questions, sampled ones on the sampled questions), and the exploratory
+    :data:`PRODUCT`'s (``product_auroc``, all eval questions). At the last checkpoint,
     over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
     seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0: over the
     ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run rows only).
@@ -419,6 +439,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
                 "accuracy_sampled": sum(x["correct"] for x in sampled) / len(sampled),
                 "maj_at_k": sum(x["majority"] == x["gold"] for x in sampled) / len(sampled),
                 "auroc": {name: metric_interval("auroc", [on(name, full, sampled)], n_boot) for name in ESTIMATORS},
+                "product_auroc": metric_interval("auroc", [product_records(full)], n_boot),
             }
     last = max(preset.checkpoint_steps)
     against = {}

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from .analysis import reading
+from .analysis import PRODUCT, reading
 from .presets import ADAPTIVE, ARMS, METRICS
 from .runner import Run, log_history, read_jsonl
 
@@ -146,6 +146,15 @@ def premise_markdown(premise: dict) -> list[str]:
                 f"| {run} | {step} | {_fmt(row['accuracy'])} | {row['errors']}/{row['n_questions']} | "
                 f"{_fmt(row['maj_at_k'])} | " + " | ".join(cells) + " |"
             )
+    products = [(run, step, row["product_auroc"]) for run, steps in premise["per_run"].items()
+                for step, row in steps.items() if "product_auroc" in row]  # fmt: skip
+    if products:
+        lines.append(
+            "\nExploratory, named after the premise's first checkpoints were seen: the AUROC of the product "
+            f"{' x '.join(PRODUCT)} (single pass, the same questions):\n"
+        )
+        lines.append("| run | step | AUROC | 95% CI |\n|---|---|---|---|")
+        lines += [f"| {run} | {step} | {_fmt(res['value'])} | {_ci(res)} |" for run, step, res in products]
     if premise.get("missing"):
         lines.append(f"\nNot evaluated yet (left out): {', '.join(premise['missing'])}.")
     if premise.get("extra_eval"):
