@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import re
 
 LETTERS = "ABCD"
 
@@ -80,6 +81,16 @@ def make_question(a: int, b: int, rng: random.Random, style: str = "check") -> d
     )
     conclusion = f"So {letter_of['sum']} ({s})."
     return {**question, "reasoning": "\n\n".join([ones_step, tens_step, conclusion])}
+
+
+_CHECKED = re.compile(r"\b([ABCD]) -?\d+ yes\b")
+
+
+def checked_letters(completion: str) -> list[str]:
+    """The letters a completion's ``check`` step marks "yes" ("Check: A 95 no, B 85 yes, ..." -> ``["B"]``), in
+    order; empty when it has no such step. Its stated answer either follows its own check (one of these) or
+    contradicts it: the two kinds of error that the confidence estimators see differently (docs/results.md, 0.4.0)."""
+    return _CHECKED.findall(completion)
 
 
 def generate(

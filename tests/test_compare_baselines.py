@@ -1115,3 +1115,40 @@ def test_premise_product_of_two_estimators_worked_by_hand(tmp_path):
     text = "\n".join(report.premise_markdown(result))
     value = result["per_run"]["rd_only/seed0"]["4"]["product_auroc"]["value"]
     assert f"| rd_only/seed0 | 4 | {value:.3f} |" in text
+
+
+def test_errors_by_kind_worked_by_hand():
+    """analysis.error_kinds on six hand-made records: two right answers, two that contradict their own check, one
+    that follows a wrong check, one with no check; counts, means and AUROCs (right against each kind) by hand."""
+    import math
+
+    def record(correct, chosen, check, conf, weakest):
+        completion = (
+            "Tens: 1+2=3, so the sum is 35.\n\n" + (f"Check: {check}.\n" if check else "") + "The answer is X."
+        )
+        return {"question": "q", "gold": "A", "chosen": chosen, "correct": correct, "stated": True,
+                "confidence": conf, "gain": 0.5, "completion": completion,
+                "reasoning_logprobs": [-0.01, math.log(weakest), -0.02]}  # fmt: skip
+
+    recs = [
+        record(True, "A", "A 35 yes, B 45 no", 0.9, 0.90),
+        record(True, "A", "A 35 yes, B 45 no", 0.8, 0.80),
+        record(False, "B", "A 35 yes, B 45 no", 0.85, 0.95),  # contradicts its check
+        record(False, "C", "A 35 yes, C 36 no", 0.3, 0.35),  # contradicts its check
+        record(False, "B", "A 35 no, B 45 yes", 0.95, 0.10),  # follows a wrong check
+        record(False, "D", None, 0.5, 0.60),  # no check
+    ]
+    kinds = analysis.error_kinds(recs)
+    assert {k: v["n"] for k, v in kinds.items()} == {"right": 2, "contradicts": 2, "follows": 1, "no_check": 1}
+    assert kinds["right"]["after_reasoning"] == pytest.approx(0.85)
+    assert kinds["contradicts"]["weakest_token"] == pytest.approx(0.65)
+    # right (0.9, 0.8) against contradicts (0.85, 0.3): 3 of 4 pairs ordered; weakest (0.9, 0.8) vs (0.95, 0.35): 2
+    assert kinds["contradicts"]["after_reasoning_auroc"] == pytest.approx(0.75)
+    assert kinds["contradicts"]["weakest_token_auroc"] == pytest.approx(0.5)
+    assert kinds["follows"]["after_reasoning_auroc"] == 0.0 and kinds["follows"]["weakest_token_auroc"] == 1.0
+    assert kinds["no_check"]["after_reasoning_auroc"] == 1.0 and kinds["no_check"]["weakest_token_auroc"] == 1.0
+    premise = {"per_run": {"rd_only/seed0": {"4": {"error_kinds": kinds}}}}
+    kinds_table = [line for line in report.error_kinds_markdown(premise) if line.startswith("| rd_only/seed0 | 4 |")]
+    assert kinds_table == [
+        "| rd_only/seed0 | 4 | 2 (0.850 / 0.850) | 2: 0.750 / 0.500 | 1: 0.000 / 1.000 | 1: 1.000 / 1.000 |"
+    ]

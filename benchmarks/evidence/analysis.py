@@ -379,6 +379,45 @@ def product_records(recs: list[dict]) -> list[dict]:
     return out
 
 
+#: The kinds of error :func:`error_kinds` tells apart, after the right answers.
+ERROR_KINDS = ("contradicts", "follows", "no_check")
+
+
+def error_kinds(recs: list[dict]) -> dict[str, dict]:
+    """Exploratory, for the synthetic task's ``check`` traces: the greedy errors split by what the stated answer does
+    with the completion's own check step (:func:`synthetic_task.checked_letters`): ``contradicts`` it (states a
+    letter the check did not mark), ``follows`` it (states the letter the check marked, on a wrong check), or
+    ``no_check`` (the completion has none). Per kind: its count, and each :data:`PRODUCT` estimator's mean and AUROC
+    for telling the right answers from that kind's errors (None with fewer than one of either). The answer's
+    probability is meant to see the first kind, the reasoning's own the second."""
+    from _bootstrap import METRICS as POINT
+    from synthetic_task import checked_letters
+
+    from hytuning_trl.estimators import estimator_confidences
+
+    def kind(r: dict) -> str:
+        if r["correct"]:
+            return "right"
+        letters = checked_letters(r.get("completion") or "")
+        return "no_check" if not letters else "follows" if r["chosen"] in letters else "contradicts"
+
+    conf = [estimator_confidences(r) for r in recs]
+    kinds = [kind(r) for r in recs]
+    right = [c for c, k in zip(conf, kinds) if k == "right"]
+    out = {}
+    for name in ("right", *ERROR_KINDS):
+        group = [c for c, k in zip(conf, kinds) if k == name]
+        row: dict = {"n": len(group)}
+        for est in PRODUCT:
+            row[est] = float(np.mean([c[est] for c in group])) if group else None
+            if name != "right":
+                scores = np.asarray([c[est] for c in right + group], float)
+                labels = np.asarray([1.0] * len(right) + [0.0] * len(group))
+                row[f"{est}_auroc"] = float(POINT["auroc"](scores, labels)) if group and right else None
+        out[name] = row
+    return out
+
+
 def as_estimator(recs: list[dict], name: str) -> list[dict]:
     """The records with ``confidence`` replaced by estimator ``name``'s (:mod:`hytuning_trl.estimators`), for the
     bootstrap, which reads ``confidence``."""
@@ -406,7 +445,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     Per run and checkpoint: accuracy (greedy, all eval questions), errors, maj@k and accuracy on the sampled
     questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
     (single-pass estimators on all eval questions, sampled ones on the sampled questions), and the exploratory
-    :data:`PRODUCT`'s (``product_auroc``, all eval questions). At the last checkpoint,
+    :data:`PRODUCT`'s (``product_auroc``, all eval questions) and the errors by kind (``error_kinds``, the same
+    questions). At the last checkpoint,
     over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
     seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0: over the
     ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run rows only).
@@ -440,6 +480,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
                 "maj_at_k": sum(x["majority"] == x["gold"] for x in sampled) / len(sampled),
                 "auroc": {name: metric_interval("auroc", [on(name, full, sampled)], n_boot) for name in ESTIMATORS},
                 "product_auroc": metric_interval("auroc", [product_records(full)], n_boot),
+                "error_kinds": error_kinds(full),
             }
     last = max(preset.checkpoint_steps)
     against = {}

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from .analysis import PRODUCT, reading
+from .analysis import ERROR_KINDS, PRODUCT, reading
 from .presets import ADAPTIVE, ARMS, METRICS
 from .runner import Run, log_history, read_jsonl
 
@@ -126,6 +126,29 @@ def estimators_markdown(result: dict) -> list[str]:
     return lines
 
 
+def error_kinds_markdown(premise: dict) -> list[str]:
+    """The premise's exploratory table of errors by kind (:func:`evidence.analysis.error_kinds`), per run and
+    checkpoint; nothing where no row has them."""
+    lines: list[str] = []
+    kinds = [(run, step, row["error_kinds"]) for run, steps in premise["per_run"].items()
+             for step, row in steps.items() if "error_kinds" in row]  # fmt: skip
+    if kinds:
+        a, b = PRODUCT
+        lines.append(
+            "\nExploratory: the errors by what the stated answer does with the completion's own check step; per kind, "
+            f"its count and the AUROC of {a} / {b} for telling the right answers from it (mean {a} / {b} of the "
+            "right answers in their column):\n"
+        )
+        lines.append(
+            "| run | step | right | " + " | ".join(ERROR_KINDS) + " |\n|---|---|---|" + "---|" * len(ERROR_KINDS)
+        )
+        for run, step, k in kinds:
+            cells = [f"{k['right']['n']} ({_fmt(k['right'][a])} / {_fmt(k['right'][b])})"]
+            cells += [f"{k[n]['n']}: {_fmt(k[n][a + '_auroc'])} / {_fmt(k[n][b + '_auroc'])}" for n in ERROR_KINDS]
+            lines.append(f"| {run} | {step} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def premise_markdown(premise: dict) -> list[str]:
     """The premise's tables: per run and checkpoint, accuracy, maj@k and each estimator's AUROC with its interval;
     then, at the last checkpoint, each estimator against ``after_reasoning``."""
@@ -155,6 +178,7 @@ def premise_markdown(premise: dict) -> list[str]:
         )
         lines.append("| run | step | AUROC | 95% CI |\n|---|---|---|---|")
         lines += [f"| {run} | {step} | {_fmt(res['value'])} | {_ci(res)} |" for run, step, res in products]
+    lines += error_kinds_markdown(premise)
     if premise.get("missing"):
         lines.append(f"\nNot evaluated yet (left out): {', '.join(premise['missing'])}.")
     if premise.get("extra_eval"):
