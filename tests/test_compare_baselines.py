@@ -1152,3 +1152,33 @@ def test_errors_by_kind_worked_by_hand():
     assert kinds_table == [
         "| rd_only/seed0 | 4 | 2 (0.850 / 0.850) | 2: 0.750 / 0.500 | 1: 0.000 / 1.000 | 1: 1.000 / 1.000 |"
     ]
+
+
+def test_collect_leaves_out_what_a_restored_folder_holds(tmp_path, capsys):
+    """evidence-v3 restores the premise's rd_only runs: --collect with --restore copies its own runs and any file
+    that differs from the restored folder's, not the restored files again (committed once, restored from both)."""
+    premise, out, dest = tmp_path / "premise", tmp_path / "out", tmp_path / "dest"
+    restored = {
+        "plan.json": '{"max_steps": 50}',
+        "runs/rd_only/seed0/DONE.json": '{"arm": "rd_only"}',
+        "runs/rd_only/seed0/calibration_after/predictions.jsonl": '{"question": "a"}\n',
+        "runs/rd_only/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
+    }
+    for rel, text in restored.items():
+        (premise / rel).parent.mkdir(parents=True, exist_ok=True)
+        (premise / rel).write_text(text)
+    made_here = {
+        "runs/rd_only/seed0/trainer_state.json": '{"global_step": 50}',  # not in the restored folder
+        "runs/rd_cal/seed0/DONE.json": '{"arm": "rd_cal"}',
+        "runs/rd_cal/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
+        "runs/rd_cal/seed0/calibration_after/predictions.jsonl": '{"question": "a"}\n',  # same text, another run
+    }
+    for rel, text in made_here.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    (out / "plan.json").write_text('{"max_steps": 40}')  # differs from the restored one: collected
+    cli.main(["--output_dir", str(out), "--restore", str(premise), "--collect", str(dest)])
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == sorted([*made_here, "plan.json"])
+    assert (dest / "plan.json").read_text() == '{"max_steps": 40}'
+    assert f"5 files copied to {dest} (the same files in {premise} left out)" in capsys.readouterr().out

@@ -164,7 +164,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument(
         "--collect",
         metavar="DIR",
-        help="Copy the small outputs of --output_dir's finished runs (no weights) to DIR, to commit; run nothing.",
+        help="Copy the small outputs of --output_dir's finished runs (no weights) to DIR, to commit; run nothing. "
+        "With --restore, a file the same as in a restored folder is left out (it is committed there).",
     )
     p.add_argument(
         "--restore",
@@ -227,8 +228,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.analyse:
         return show(analyse_finished(args, runs), args.output_dir)
     if args.collect:
-        copied = collect(args.output_dir, args.collect)
-        say(f"{len(copied)} files copied to {args.collect}")
+        copied = collect(args.output_dir, args.collect, args.restore or ())
+        kept = f" (the same files in {', '.join(args.restore)} left out)" if args.restore else ""
+        say(f"{len(copied)} files copied to {args.collect}{kept}")
         return None
     if args.dry_run:
         files = {k: f"<{k}>" for k in ("train", "rd_traces", "anchor_traces", "eval_used", "probe", "n_eval")}

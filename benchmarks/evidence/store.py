@@ -4,6 +4,7 @@ files' questions in order."""
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 
@@ -48,10 +49,16 @@ def run_folders(root: str) -> list[str]:
     return [os.path.join("runs", a, seed) for a in arms for seed in sorted(os.listdir(os.path.join(runs_dir, a)))]
 
 
-def collect(out: str, dest: str) -> list[str]:
+def _same(a: str, b: str) -> bool:
+    return os.path.exists(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def collect(out: str, dest: str, restored_from: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Copy the preset's small outputs and those of every finished run (``DONE.json`` and its anchor evaluation
-    there) from ``out`` to ``dest``, under the same relative paths; unfinished runs are left out. Returns the paths
-    copied (relative)."""
+    there) from ``out`` to ``dest``, under the same relative paths; unfinished runs are left out, and so is a file
+    byte for byte the same as the one at its path in a folder of ``restored_from`` (what ``--restore`` brought from
+    another collection, e.g. the premise's ``rd_only`` runs in ``evidence-v3``: committed once, restored from both).
+    Returns the paths copied (relative)."""
     paths = [p for p in SMALL_OUTPUTS if os.path.exists(os.path.join(out, p))]
     for rel in run_folders(out):
         if os.path.exists(os.path.join(out, rel, "calibration_anchor", "predictions.jsonl")):
@@ -60,6 +67,9 @@ def collect(out: str, dest: str) -> list[str]:
                 paths += [
                     os.path.join(folder, p) for p in PREMISE_OUTPUTS if os.path.exists(os.path.join(out, folder, p))
                 ]
+    paths = [
+        rel for rel in paths if not any(_same(os.path.join(out, rel), os.path.join(src, rel)) for src in restored_from)
+    ]
     for rel in paths:
         os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
         shutil.copyfile(os.path.join(out, rel), os.path.join(dest, rel))
