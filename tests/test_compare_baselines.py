@@ -504,6 +504,13 @@ def cb_prompt(q: dict) -> str:
     return format_mcq_prompt(q["question"], q["options"])
 
 
+def _write_tree(root, files: dict) -> None:
+    """Each ``relative path: text`` of ``files`` written under ``root``."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def test_collect_copies_finished_runs_small_outputs_only(tmp_path):
     """--collect copies the figures, curves and predictions of finished runs (evaluated on the anchor questions too),
     under the same paths, and never weights or checkpoints; an unfinished run is left out."""
@@ -521,9 +528,7 @@ def test_collect_copies_finished_runs_small_outputs_only(tmp_path):
         "runs/hytuning/seed0/trainer_state.json": "{}",  # unfinished: no anchor evaluation yet
         "runs/hytuning/seed0/checkpoint-10/model.safetensors": "weights",
     }
-    for rel, text in files.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(text)
+    _write_tree(out, files)
     cli.main(["--output_dir", str(out), "--collect", str(dest)])
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == [
@@ -553,9 +558,7 @@ def test_restore_brings_back_what_collect_copied(tmp_path, capsys):
         "runs/rd_only/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
         "runs/rd_only/seed0/model.safetensors": "weights",
     }
-    for rel, text in files.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(text)
+    _write_tree(out, files)
     cli.main(["--output_dir", str(out), "--collect", str(dest)])
     (fresh / "validity").mkdir(parents=True)
     (fresh / "validity" / "validity.json").write_text('{"mine": true}')
@@ -1164,18 +1167,14 @@ def test_collect_leaves_out_what_a_restored_folder_holds(tmp_path, capsys):
         "runs/rd_only/seed0/calibration_after/predictions.jsonl": '{"question": "a"}\n',
         "runs/rd_only/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
     }
-    for rel, text in restored.items():
-        (premise / rel).parent.mkdir(parents=True, exist_ok=True)
-        (premise / rel).write_text(text)
+    _write_tree(premise, restored)
     made_here = {
         "runs/rd_only/seed0/trainer_state.json": '{"global_step": 50}',  # not in the restored folder
         "runs/rd_cal/seed0/DONE.json": '{"arm": "rd_cal"}',
         "runs/rd_cal/seed0/calibration_anchor/predictions.jsonl": '{"question": "b"}\n',
         "runs/rd_cal/seed0/calibration_after/predictions.jsonl": '{"question": "a"}\n',  # same text, another run
     }
-    for rel, text in made_here.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(text)
+    _write_tree(out, made_here)
     (out / "plan.json").write_text('{"max_steps": 40}')  # differs from the restored one: collected
     cli.main(["--output_dir", str(out), "--restore", str(premise), "--collect", str(dest)])
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
