@@ -368,14 +368,17 @@ PREMISE_MARGIN = 0.05
 PRODUCT = ("after_reasoning", "weakest_token")
 
 
-def product_records(recs: list[dict]) -> list[dict]:
-    """The records with ``confidence`` = the product of the :data:`PRODUCT` estimators' confidences."""
+def confidence_table(recs: list[dict]) -> list[dict[str, float]]:
+    """Per record, every estimator's confidence (:func:`~hytuning_trl.estimators.estimator_confidences`) and the
+    exploratory :data:`PRODUCT`'s (``"product"``), computed once: :func:`as_estimator` and :func:`error_kinds` read
+    them from here rather than recomputing them per estimator."""
     from hytuning_trl.estimators import estimator_confidences
 
     out = []
     for r in recs:
         conf = estimator_confidences(r)
-        out.append({**r, "confidence": math.prod(conf[name] for name in PRODUCT)})
+        conf["product"] = math.prod(conf[name] for name in PRODUCT)
+        out.append(conf)
     return out
 
 
@@ -383,17 +386,16 @@ def product_records(recs: list[dict]) -> list[dict]:
 ERROR_KINDS = ("contradicts", "follows", "no_check")
 
 
-def error_kinds(recs: list[dict]) -> dict[str, dict]:
+def error_kinds(recs: list[dict], table: list[dict[str, float]] | None = None) -> dict[str, dict]:
     """Exploratory, for the synthetic task's ``check`` traces: the greedy errors split by what the stated answer does
     with the completion's own check step (:func:`synthetic_task.checked_letters`): ``contradicts`` it (states a
     letter the check did not mark), ``follows`` it (states the letter the check marked, on a wrong check), or
     ``no_check`` (the completion has none). Per kind: its count, and each :data:`PRODUCT` estimator's mean and AUROC
     for telling the right answers from that kind's errors (None with fewer than one of either). The answer's
-    probability is meant to see the first kind, the reasoning's own the second."""
+    probability is meant to see the first kind, the reasoning's own the second. ``table``: ``recs``'
+    :func:`confidence_table`, where the caller has it."""
     from _bootstrap import METRICS as POINT
     from synthetic_task import checked_letters
-
-    from hytuning_trl.estimators import estimator_confidences
 
     def kind(r: dict) -> str:
         if r["correct"]:
@@ -401,7 +403,7 @@ def error_kinds(recs: list[dict]) -> dict[str, dict]:
         letters = checked_letters(r.get("completion") or "")
         return "no_check" if not letters else "follows" if r["chosen"] in letters else "contradicts"
 
-    conf = [estimator_confidences(r) for r in recs]
+    conf = confidence_table(recs) if table is None else table
     kinds = [kind(r) for r in recs]
     right = [c for c, k in zip(conf, kinds) if k == "right"]
     out = {}
@@ -418,12 +420,12 @@ def error_kinds(recs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def as_estimator(recs: list[dict], name: str) -> list[dict]:
-    """The records with ``confidence`` replaced by estimator ``name``'s (:mod:`hytuning_trl.estimators`), for the
-    bootstrap, which reads ``confidence``."""
-    from hytuning_trl.estimators import estimator_confidences
-
-    return [{**r, "confidence": estimator_confidences(r)[name]} for r in recs]
+def as_estimator(recs: list[dict], name: str, table: list[dict[str, float]] | None = None) -> list[dict]:
+    """The records with ``confidence`` replaced by estimator ``name``'s (:mod:`hytuning_trl.estimators`, or
+    ``"product"``), for the bootstrap, which reads ``confidence``. ``table``: ``recs``' :func:`confidence_table`,
+    where the caller has it."""
+    table = confidence_table(recs) if table is None else table
+    return [{**r, "confidence": conf[name]} for r, conf in zip(recs, table)]
 
 
 def premise_records(run: Run, step: int, plan: dict, preset: Preset) -> tuple[list[dict], list[dict]]:
@@ -457,20 +459,25 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
 
     from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS
 
-    def on(name: str, full: list[dict], sampled: list[dict]) -> list[dict]:
-        return as_estimator(sampled if name in SAMPLED_ESTIMATORS else full, name)
-
     per_run: dict[str, dict[str, dict]] = {}
     found: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
+    tables: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
+
+    def on(name: str, key: tuple[str, int]) -> list[dict]:
+        which = 1 if name in SAMPLED_ESTIMATORS else 0
+        return as_estimator(found[key][which], name, tables[key][which])
+
     missing = []
     for r in runs:
         rows = per_run.setdefault(f"{r.arm}/seed{r.seed}", {})
         for step in preset.checkpoint_steps:
+            key = (r.folder, step)
             try:
-                full, sampled = found[r.folder, step] = premise_records(r, step, plan, preset)
+                full, sampled = found[key] = premise_records(r, step, plan, preset)
             except FileNotFoundError:
                 missing.append(f"{r.arm}/seed{r.seed}/step{step}")
                 continue
+            tables[key] = (confidence_table(full), confidence_table(sampled))
             rows[str(step)] = {
                 "accuracy": sum(x["correct"] for x in full) / len(full),
                 "errors": sum(not x["correct"] for x in full),
@@ -478,20 +485,20 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
                 "n_sampled": len(sampled),
                 "accuracy_sampled": sum(x["correct"] for x in sampled) / len(sampled),
                 "maj_at_k": sum(x["majority"] == x["gold"] for x in sampled) / len(sampled),
-                "auroc": {name: metric_interval("auroc", [on(name, full, sampled)], n_boot) for name in ESTIMATORS},
-                "product_auroc": metric_interval("auroc", [product_records(full)], n_boot),
-                "error_kinds": error_kinds(full),
+                "auroc": {name: metric_interval("auroc", [on(name, key)], n_boot) for name in ESTIMATORS},
+                "product_auroc": metric_interval("auroc", [on("product", key)], n_boot),
+                "error_kinds": error_kinds(full, tables[key][0]),
             }
     last = max(preset.checkpoint_steps)
     against = {}
     for name in ESTIMATORS[1:]:
         pairs = []
         for r in runs:
-            if r.arm != "rd_only" or (r.folder, last) not in found:
+            key = (r.folder, last)
+            if r.arm != "rd_only" or key not in found:
                 continue
-            full, sampled = found[r.folder, last]
-            recs = sampled if name in SAMPLED_ESTIMATORS else full
-            pairs.append((as_estimator(recs, "after_reasoning"), as_estimator(recs, name)))
+            which = 1 if name in SAMPLED_ESTIMATORS else 0
+            pairs.append((as_estimator(found[key][which], "after_reasoning", tables[key][which]), on(name, key)))
         if not pairs:
             break
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]
