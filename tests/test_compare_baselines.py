@@ -1181,3 +1181,22 @@ def test_collect_leaves_out_what_a_restored_folder_holds(tmp_path, capsys):
     assert copied == sorted([*made_here, "plan.json"])
     assert (dest / "plan.json").read_text() == '{"max_steps": 40}'
     assert f"5 files copied to {dest} (the same files in {premise} left out)" in capsys.readouterr().out
+
+
+def test_metrics_move_verdict_names_which_half_failed():
+    """The 0.3.0 check "do the metrics move?" reads as not measured before a hytuning run finishes (evidence-v3's
+    partial analyses said "NO: raise the learning rate" then), and a failure names its half: rd_only not moving from
+    the base model, or hytuning's PRG weight not moving."""
+    verdict = report.metrics_move_verdict
+    moving = ["accuracy", "brier"]
+    assert verdict({"adaptive_rd_weight_span": None, "rd_only_vs_base_excluding_0": moving, "metrics_move": None}) == (
+        "not measured yet (no hytuning run finished)"
+    )
+    yes = {"adaptive_rd_weight_span": 0.3, "rd_only_vs_base_excluding_0": moving, "metrics_move": True}
+    assert verdict(yes) == "yes"
+    assert "rd_only does not move" in verdict(
+        {"adaptive_rd_weight_span": 0.3, "rd_only_vs_base_excluding_0": [], "metrics_move": False}
+    )
+    assert "PRG weight stayed within 0.1" in verdict(
+        {"adaptive_rd_weight_span": 0.0, "rd_only_vs_base_excluding_0": moving, "metrics_move": False}
+    )

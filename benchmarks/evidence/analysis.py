@@ -150,7 +150,8 @@ def analyse(
     move = {
         "adaptive_rd_weight_span": span,
         "rd_only_vs_base_excluding_0": [c["metric"] for c in rd_moves],
-        "metrics_move": bool(span is not None and span >= 0.1 and rd_moves),
+        # None: not measured yet (no hytuning run finished); the two halves are read apart in the report
+        "metrics_move": None if span is None else bool(span >= 0.1 and rd_moves),
     }
     seconds = {f"{r.arm}/seed{r.seed}": _done(r).get("seconds") for r in runs}
     steps = {f"{r.arm}/seed{r.seed}": trainer_state(r)["global_step"] for r in runs}
