@@ -1125,19 +1125,21 @@ def test_errors_by_kind_worked_by_hand():
     that follows a wrong check, one with no check; counts, means and AUROCs (right against each kind) by hand."""
     import math
 
-    def record(correct, chosen, check, conf, weakest):
+    def record(correct, chosen, check, conf, weakest, options=(0.7, 0.2, 0.1, 0.0)):
         completion = (
             "Tens: 1+2=3, so the sum is 35.\n\n" + (f"Check: {check}.\n" if check else "") + "The answer is X."
         )
         return {"question": "q", "gold": "A", "chosen": chosen, "correct": correct, "stated": True,
                 "confidence": conf, "gain": 0.5, "completion": completion,
+                "option_letters": ["A", "B", "C", "D"],
+                "option_logprobs": [math.log(p) + 3.0 if p else -math.inf for p in options],
                 "reasoning_logprobs": [-0.01, math.log(weakest), -0.02]}  # fmt: skip
 
     recs = [
         record(True, "A", "A 35 yes, B 45 no", 0.9, 0.90),
         record(True, "A", "A 35 yes, B 45 no", 0.8, 0.80),
-        record(False, "B", "A 35 yes, B 45 no", 0.85, 0.95),  # contradicts its check
-        record(False, "C", "A 35 yes, C 36 no", 0.3, 0.35),  # contradicts its check
+        record(False, "B", "A 35 yes, B 45 no", 0.85, 0.95, (0.40, 0.45, 0.15, 0.0)),  # contradicts; near tie
+        record(False, "C", "A 35 yes, C 36 no", 0.3, 0.35, (0.30, 0.25, 0.45, 0.0)),  # contradicts; gap 0.15
         record(False, "B", "A 35 no, B 45 yes", 0.95, 0.10),  # follows a wrong check
         record(False, "D", None, 0.5, 0.60),  # no check
     ]
@@ -1150,10 +1152,16 @@ def test_errors_by_kind_worked_by_hand():
     assert kinds["contradicts"]["weakest_token_auroc"] == pytest.approx(0.5)
     assert kinds["follows"]["after_reasoning_auroc"] == 0.0 and kinds["follows"]["weakest_token_auroc"] == 1.0
     assert kinds["no_check"]["after_reasoning_auroc"] == 1.0 and kinds["no_check"]["weakest_token_auroc"] == 1.0
-    premise = {"per_run": {"rd_only/seed0": {"4": {"error_kinds": kinds}}}}
+    assert kinds["contradicts"]["gold_to_stated"] == {"A->B": 1, "A->C": 1}
+    # near ties (top two options within 0.1): only the first contradicting one (0.45 vs 0.40); 0.45 vs 0.30 is not,
+    # nor 0.7 vs 0.2; a record without scored options is left out of the share
+    assert analysis.near_tie_share(recs) == pytest.approx(1 / 6)
+    assert analysis.near_tie_share([*recs, {"option_logprobs": None}]) == pytest.approx(1 / 6)
+    premise = {"per_run": {"rd_only/seed0": {"4": {"error_kinds": kinds, "near_ties": 1 / 6}}}}
     kinds_table = [line for line in report.error_kinds_markdown(premise) if line.startswith("| rd_only/seed0 | 4 |")]
     assert kinds_table == [
-        "| rd_only/seed0 | 4 | 2 (0.850 / 0.850) | 2: 0.750 / 0.500 | 1: 0.000 / 1.000 | 1: 1.000 / 1.000 |"
+        "| rd_only/seed0 | 4 | 2 (0.850 / 0.850) | 2: 0.750 / 0.500 (A->B 1, A->C 1) | 1: 0.000 / 1.000 | "
+        "1: 1.000 / 1.000 | 0.167 |"
     ]
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import statistics
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -383,6 +384,27 @@ def confidence_table(recs: list[dict]) -> list[dict[str, float]]:
     return out
 
 
+#: Exploratory, named after rd_cal seed 1's errors were seen: two options are near-tied when their option-renormalised
+#: probabilities lie within this of each other (:func:`near_tie_share`).
+NEAR_TIE = 0.1
+
+
+def near_tie_share(recs: list[dict]) -> float | None:
+    """The share of ``recs`` whose two most probable options (``option_logprobs`` renormalised over the options, the
+    distribution ``after_reasoning`` reads) lie within :data:`NEAR_TIE` of each other; None where no record has two
+    scored options. A loss that lowers the answer's confidence by spreading it over the options raises this share, and
+    a near-tie is where the greedy answer can flip away from the reasoning."""
+    ties = []
+    for r in recs:
+        logprobs = r.get("option_logprobs") or []
+        if len(logprobs) < 2:
+            continue
+        top = max(logprobs)
+        probs = sorted((math.exp(x - top) for x in logprobs), reverse=True)
+        ties.append((probs[0] - probs[1]) / sum(probs) < NEAR_TIE)
+    return sum(ties) / len(ties) if ties else None
+
+
 #: The kinds of error :func:`error_kinds` tells apart, after the right answers.
 ERROR_KINDS = ("contradicts", "follows", "no_check")
 
@@ -392,8 +414,9 @@ def error_kinds(recs: list[dict], table: list[dict[str, float]] | None = None) -
     with the completion's own check step (:func:`synthetic_task.checked_letters`): ``contradicts`` it (states a
     letter the check did not mark), ``follows`` it (states the letter the check marked, on a wrong check), or
     ``no_check`` (the completion has none). Per kind: its count, and each :data:`PRODUCT` estimator's mean and AUROC
-    for telling the right answers from that kind's errors (None with fewer than one of either). The answer's
-    probability is meant to see the first kind, the reasoning's own the second. ``table``: ``recs``'
+    for telling the right answers from that kind's errors (None with fewer than one of either); for the errors that
+    contradict their check, also which letter was stated for which gold one (``"gold->stated"``: count). The
+    answer's probability is meant to see the first kind, the reasoning's own the second. ``table``: ``recs``'
     :func:`confidence_table`, where the caller has it."""
     from _bootstrap import METRICS as POINT
     from synthetic_task import checked_letters
@@ -418,6 +441,8 @@ def error_kinds(recs: list[dict], table: list[dict[str, float]] | None = None) -
                 labels = np.asarray([1.0] * len(right) + [0.0] * len(group))
                 row[f"{est}_auroc"] = float(POINT["auroc"](scores, labels)) if group and right else None
         out[name] = row
+    swaps = Counter(f"{r['gold']}->{r['chosen']}" for r, k in zip(recs, kinds) if k == "contradicts")
+    out["contradicts"]["gold_to_stated"] = dict(swaps.most_common())
     return out
 
 
@@ -448,8 +473,8 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     Per run and checkpoint: accuracy (greedy, all eval questions), errors, maj@k and accuracy on the sampled
     questions, and every estimator's AUROC for greedy correctness with its 95% bootstrap interval over questions
     (single-pass estimators on all eval questions, sampled ones on the sampled questions), and the exploratory
-    :data:`PRODUCT`'s (``product_auroc``, all eval questions) and the errors by kind (``error_kinds``, the same
-    questions). At the last checkpoint,
+    :data:`PRODUCT`'s (``product_auroc``, all eval questions), the errors by kind (``error_kinds``, the same
+    questions) and the share of near-tied answers (``near_ties``, :func:`near_tie_share`). At the last checkpoint,
     over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
     seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0: over the
     ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run rows only).
@@ -489,6 +514,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
                 "auroc": {name: metric_interval("auroc", [on(name, key)], n_boot) for name in ESTIMATORS},
                 "product_auroc": metric_interval("auroc", [on("product", key)], n_boot),
                 "error_kinds": error_kinds(full, tables[key][0]),
+                "near_ties": near_tie_share(full),
             }
     last = max(preset.checkpoint_steps)
     against = {}

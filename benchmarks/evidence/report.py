@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from .analysis import ERROR_KINDS, PRODUCT, reading
+from .analysis import ERROR_KINDS, NEAR_TIE, PRODUCT, reading
 from .presets import ADAPTIVE, ARMS, METRICS
 from .runner import Run, log_history, read_jsonl
 
@@ -143,21 +143,32 @@ def error_kinds_markdown(premise: dict) -> list[str]:
     """The premise's exploratory table of errors by kind (:func:`evidence.analysis.error_kinds`), per run and
     checkpoint; nothing where no row has them."""
     lines: list[str] = []
-    kinds = [(run, step, row["error_kinds"]) for run, steps in premise["per_run"].items()
+    kinds = [(run, step, row) for run, steps in premise["per_run"].items()
              for step, row in steps.items() if "error_kinds" in row]  # fmt: skip
     if kinds:
         a, b = PRODUCT
         lines.append(
             "\nExploratory: the errors by what the stated answer does with the completion's own check step; per kind, "
             f"its count and the AUROC of {a} / {b} for telling the right answers from it (mean {a} / {b} of the "
-            "right answers in their column):\n"
+            "right answers in their column; the contradicting ones' gold->stated letters); near ties: the share of "
+            f"questions whose two most probable options lie within {NEAR_TIE} (where the greedy answer can flip):\n"
         )
         lines.append(
-            "| run | step | right | " + " | ".join(ERROR_KINDS) + " |\n|---|---|---|" + "---|" * len(ERROR_KINDS)
+            "| run | step | right | "
+            + " | ".join(ERROR_KINDS)
+            + " | near ties |\n|---|---|---|"
+            + "---|" * (len(ERROR_KINDS) + 1)
         )
-        for run, step, k in kinds:
+        for run, step, row in kinds:
+            k = row["error_kinds"]
             cells = [f"{k['right']['n']} ({_fmt(k['right'][a])} / {_fmt(k['right'][b])})"]
-            cells += [f"{k[n]['n']}: {_fmt(k[n][a + '_auroc'])} / {_fmt(k[n][b + '_auroc'])}" for n in ERROR_KINDS]
+            for n in ERROR_KINDS:
+                cell = f"{k[n]['n']}: {_fmt(k[n][a + '_auroc'])} / {_fmt(k[n][b + '_auroc'])}"
+                swaps = k[n].get("gold_to_stated")
+                if swaps:
+                    cell += " (" + ", ".join(f"{pair} {count}" for pair, count in swaps.items()) + ")"
+                cells.append(cell)
+            cells.append(_fmt(row.get("near_ties")))
             lines.append(f"| {run} | {step} | " + " | ".join(cells) + " |")
     return lines
 
