@@ -394,14 +394,15 @@ def near_tie_share(recs: list[dict]) -> float | None:
     distribution ``after_reasoning`` reads) lie within :data:`NEAR_TIE` of each other; None where no record has two
     scored options. A loss that lowers the answer's confidence by spreading it over the options raises this share, and
     a near-tie is where the greedy answer can flip away from the reasoning."""
+    from hytuning_trl.calibration import temperature_scale
+
     ties = []
     for r in recs:
         logprobs = r.get("option_logprobs") or []
         if len(logprobs) < 2:
             continue
-        top = max(logprobs)
-        probs = sorted((math.exp(x - top) for x in logprobs), reverse=True)
-        ties.append((probs[0] - probs[1]) / sum(probs) < NEAR_TIE)
+        first, second = sorted(temperature_scale([logprobs], 1.0)[0], reverse=True)[:2]
+        ties.append(first - second < NEAR_TIE)
     return sum(ties) / len(ties) if ties else None
 
 
@@ -486,12 +487,14 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS
 
     per_run: dict[str, dict[str, dict]] = {}
-    found: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
-    tables: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
+    # (run folder, step) -> ((all eval questions, their confidence_table), (the sampled ones, theirs))
+    found: dict[tuple[str, int], tuple[tuple[list[dict], list[dict]], ...]] = {}
 
-    def on(name: str, key: tuple[str, int]) -> list[dict]:
-        which = 1 if name in SAMPLED_ESTIMATORS else 0
-        return as_estimator(found[key][which], name, tables[key][which])
+    def on(name: str, key: tuple[str, int], questions_of: str | None = None) -> list[dict]:
+        """The checkpoint's records read through estimator ``name``, on the questions estimator ``questions_of``
+        (default ``name``) is measured on: the sampled ones for a sampled estimator, else all."""
+        recs, table = found[key][1 if (questions_of or name) in SAMPLED_ESTIMATORS else 0]
+        return as_estimator(recs, name, table)
 
     missing = []
     for r in runs:
@@ -499,11 +502,11 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
         for step in preset.checkpoint_steps:
             key = (r.folder, step)
             try:
-                full, sampled = found[key] = premise_records(r, step, plan, preset)
+                full, sampled = premise_records(r, step, plan, preset)
             except FileNotFoundError:
                 missing.append(f"{r.arm}/seed{r.seed}/step{step}")
                 continue
-            tables[key] = (confidence_table(full), confidence_table(sampled))
+            found[key] = ((full, confidence_table(full)), (sampled, confidence_table(sampled)))
             rows[str(step)] = {
                 "accuracy": sum(x["correct"] for x in full) / len(full),
                 "errors": sum(not x["correct"] for x in full),
@@ -513,7 +516,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
                 "maj_at_k": sum(x["majority"] == x["gold"] for x in sampled) / len(sampled),
                 "auroc": {name: metric_interval("auroc", [on(name, key)], n_boot) for name in ESTIMATORS},
                 "product_auroc": metric_interval("auroc", [on("product", key)], n_boot),
-                "error_kinds": error_kinds(full, tables[key][0]),
+                "error_kinds": error_kinds(full, found[key][0][1]),
                 "near_ties": near_tie_share(full),
             }
     last = max(preset.checkpoint_steps)
@@ -524,8 +527,7 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
             key = (r.folder, last)
             if r.arm != "rd_only" or key not in found:
                 continue
-            which = 1 if name in SAMPLED_ESTIMATORS else 0
-            pairs.append((as_estimator(found[key][which], "after_reasoning", tables[key][which]), on(name, key)))
+            pairs.append((on("after_reasoning", key, questions_of=name), on(name, key)))
         if not pairs:
             break
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -555,7 +557,7 @@ def sampled_answers(recs: list[dict]) -> list[dict]:
     """Each sampled answer of ``recs`` (``samples``) as a record of its own: ``confidence`` the option-renormalised
     probability of the answer it states after its own reasoning (``after_reasoning``), ``correct`` against the
     question's gold answer."""
-    import math
+    from hytuning_trl.calibration import temperature_scale
 
     out = []
     for r in recs:
@@ -563,10 +565,7 @@ def sampled_answers(recs: list[dict]) -> list[dict]:
             if s["answer"] is None or not s["option_logprobs"]:  # no answer read: no confidence in one
                 out.append({"confidence": 0.0, "correct": False, "stated": False})
                 continue
-            logprobs = s["option_logprobs"]
-            top = max(logprobs)
-            z = [math.exp(x - top) for x in logprobs]
-            p = z[s["option_letters"].index(s["answer"])] / sum(z)
+            p = float(temperature_scale([s["option_logprobs"]], 1.0)[0][s["option_letters"].index(s["answer"])])
             out.append({"confidence": p, "correct": s["answer"] == r["gold"], "stated": s["stated"]})
     return out
 
