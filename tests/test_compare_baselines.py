@@ -1208,3 +1208,76 @@ def test_metrics_move_verdict_names_which_half_failed():
     assert "PRG weight stayed within 0.1" in verdict(
         {"adaptive_rd_weight_span": 0.0, "rd_only_vs_base_excluding_0": moving, "metrics_move": False}
     )
+
+
+def _row(arm, metric, diff, low, high, *, arm_scaled=False, **extra):
+    return {
+        "arm": arm,
+        "reference": "rd_only",
+        "metric": metric,
+        "diff": diff,
+        "ci95": [low, high],
+        "n_seeds": 3,
+        "arm_scaled": arm_scaled,
+        "reference_scaled": arm_scaled,
+        "excludes_0": low > 0 or high < 0,
+        **extra,
+    }
+
+
+def test_default_recipe_by_the_rule_worked_by_hand():
+    """Issue 34, point 6: an arm becomes the default when its raw after_reasoning AUROC or Brier interval favours it
+    against rd_only and its accuracy's lower bound is above -0.03; of several, the lowest Brier. Rows read through
+    another estimator or after temperature scaling do not count; with no winner, rd_only's best label-free
+    estimator is the one to read."""
+    brier = {"rd_only": 0.09, "hytuning": 0.30, "hytuning_blind": 0.07, "rd_cal": 0.05, "hytuning_blind_cal": 0.08}
+    rows = [
+        # hytuning: better AUROC but loses accuracy (lower bound -0.25)
+        _row("hytuning", "accuracy", -0.2, -0.25, -0.15),
+        _row("hytuning", "auroc", 0.1, 0.02, 0.2),
+        _row("hytuning", "brier", 0.2, 0.1, 0.3),
+        # hytuning_blind: Brier better, accuracy lower bound -0.02 (kept): beats rd_only
+        _row("hytuning_blind", "accuracy", -0.01, -0.02, 0.01),
+        _row("hytuning_blind", "auroc", 0.0, -0.1, 0.1),
+        _row("hytuning_blind", "brier", -0.02, -0.03, -0.01),
+        # rd_cal: AUROC better and accuracy kept; lower Brier than hytuning_blind, so the default
+        _row("rd_cal", "accuracy", 0.0, -0.01, 0.01),
+        _row("rd_cal", "auroc", 0.2, 0.1, 0.3),
+        _row("rd_cal", "brier", 0.0, -0.01, 0.01),
+        # hytuning_blind_cal: better only T-scaled or through weakest_token, which do not count
+        # (listed first, so that a rule reading them would take them)
+        _row("hytuning_blind_cal", "brier", -0.05, -0.06, -0.04, arm_scaled=True),
+        _row("hytuning_blind_cal", "auroc", 0.3, 0.2, 0.4, estimator="weakest_token"),
+        _row("hytuning_blind_cal", "accuracy", 0.0, -0.01, 0.01),
+        _row("hytuning_blind_cal", "auroc", 0.0, -0.1, 0.1),
+        _row("hytuning_blind_cal", "brier", 0.0, -0.01, 0.01),
+    ]
+    result = {
+        "partial": False,
+        "primary": rows[:6],
+        "comparisons": rows[6:],
+        "table": {arm: {"brier": {"value": b}} for arm, b in brier.items()},
+        "primary_resolved": {presets.BEST_LABEL_FREE: "weakest_token"},
+    }
+    verdict = analysis.default_recipe(result)
+    assert {a: v["beats_rd_only"] for a, v in verdict["per_arm"].items()} == {
+        "hytuning": False,
+        "hytuning_blind": True,
+        "rd_cal": True,
+        "hytuning_blind_cal": False,
+    }
+    assert verdict["per_arm"]["hytuning"]["better_on"] == ["auroc"]
+    assert verdict["per_arm"]["hytuning_blind"]["better_on"] == ["brier"]
+    assert verdict["per_arm"]["hytuning_blind_cal"]["better_on"] == []
+    assert verdict["default"] == "rd_cal" and verdict["read_instead"] is None
+    assert "-> the default recipe: rd_cal." in report.default_recipe_markdown(verdict)[-1]
+
+    # no winner: rd_only stays, read through its best label-free estimator; an arm without rows is named
+    result["primary"] = rows[:3]
+    result["comparisons"] = rows[9:]  # hytuning_blind_cal's rows only
+    verdict = analysis.default_recipe(result)
+    assert verdict["default"] is None and verdict["read_instead"] == "weakest_token"
+    assert verdict["unmeasured"] == ["hytuning_blind", "rd_cal"]
+    result["partial"] = True
+    said = report.default_recipe_markdown(analysis.default_recipe(result))[-1]
+    assert "no arm beats rd_only" in said and "weakest_token" in said and "not the run's verdict" in said

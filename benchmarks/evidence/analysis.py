@@ -184,6 +184,7 @@ def analyse(
     if preset.primary:
         result["primary_resolved"] = resolved
         result["table_estimators"], result["estimator_fits"] = views.estimator_tables(n_boot)
+        result["default_recipe"] = default_recipe(result)
     if preset.checkpoint_steps:
         result["premise"] = premise(runs, preset, plan, n_boot)
     return result, base, by_arm
@@ -673,4 +674,53 @@ def calibration_choice(weakest_token: dict | None, share: dict | None) -> dict:
     return {
         "status": "dropped",
         "why": "no run of either pilot kept rd_only's anchor accuracy: the calibration arms are dropped",
+    }
+
+
+#: Issue 34, point 6: an arm's accuracy is not lost when the lower bound of its difference from ``rd_only`` is above
+#: this (the non-inferiority margin of the primary comparisons).
+DEFAULT_MARGIN = -0.03
+
+
+def default_recipe(result: dict) -> dict:
+    """Which arm becomes the default recipe (issue 34, point 6), by a rule written down with 3 of the evidence run's
+    12 trained runs seen (``rd_cal`` seeds 0 and 1, ``hytuning`` seed 0) and 9 to come.
+
+    An arm of :data:`~evidence.presets.TRAINED_ARMS` *beats* ``rd_only`` when, on the single-pass confidence
+    (``after_reasoning``) as a user reads it (raw, against ``rd_only`` raw), the interval of its AUROC difference
+    lies above 0 or that of its Brier difference below 0, *without losing accuracy*: the lower bound of its accuracy
+    difference above :data:`DEFAULT_MARGIN`. The rows are ``result``'s ``primary`` and ``comparisons`` (the same
+    paired bootstrap, seeds then questions). Of the arms that beat it, the lowest mean Brier becomes the default;
+    none: ``rd_only`` stays the advice, read through ``rd_only``'s best label-free estimator (``primary_resolved``).
+    Arms with a row missing are named ``unmeasured``; with ``partial`` set the verdict is not the run's."""
+    rows = {}
+    for row in result["primary"] + result["comparisons"]:
+        plain = not (row["arm_scaled"] or row["reference_scaled"] or "estimator" in row)
+        if plain and row["reference"] == "rd_only" and row["arm"] in TRAINED_ARMS:
+            rows.setdefault(row["arm"], {}).setdefault(row["metric"], row)
+    per_arm, unmeasured = {}, []
+    for arm in TRAINED_ARMS:
+        got = rows.get(arm, {})
+        if not all(m in got for m in ("accuracy", "auroc", "brier")):
+            if arm in result["table"]:
+                unmeasured.append(arm)
+            continue
+        better = [m for m in ("auroc", "brier") if got[m]["excludes_0"] and (got[m]["diff"] > 0) == (m == "auroc")]
+        keeps = bool(got["accuracy"]["ci95"][0] > DEFAULT_MARGIN)
+        per_arm[arm] = {
+            **{m: {"diff": got[m]["diff"], "ci95": got[m]["ci95"]} for m in ("accuracy", "auroc", "brier")},
+            "n_seeds": got["accuracy"].get("n_seeds"),
+            "better_on": better,
+            "keeps_accuracy": keeps,
+            "beats_rd_only": bool(better and keeps),
+        }
+    winners = [a for a, v in per_arm.items() if v["beats_rd_only"]]
+    default = min(winners, key=lambda a: result["table"][a]["brier"]["value"]) if winners else None
+    return {
+        "partial": result["partial"],
+        "margin": DEFAULT_MARGIN,
+        "per_arm": per_arm,
+        "unmeasured": unmeasured,
+        "default": default,
+        "read_instead": None if default else (result.get("primary_resolved") or {}).get(BEST_LABEL_FREE),
     }

@@ -72,6 +72,8 @@ def markdown(result: dict, args) -> str:
         lines += _comparison_table(result["primary"])
     else:
         lines.append("None yet: the arms they compare have not both finished a run.")
+    if result.get("default_recipe"):
+        lines += default_recipe_markdown(result["default_recipe"])
     lines.append("\nEverything below is exploratory: many intervals, none named in advance.\n")
     lines.append("Against the base model:\n")
     lines += _comparison_table(result["against_base"])
@@ -124,6 +126,37 @@ def estimators_markdown(result: dict) -> list[str]:
     if bound:
         names = ", ".join(bound)
         lines.append(f"\nPower fits at a bound of their range (the anchor answers do not inform them): {names}.")
+    return lines
+
+
+def default_recipe_markdown(verdict: dict) -> list[str]:
+    """The table and the verdict of :func:`evidence.analysis.default_recipe`."""
+    lines = [
+        "\nThe default recipe (issue 34, point 6; rule in `analysis.default_recipe`): an arm beats rd_only when the "
+        "interval of its after_reasoning AUROC or Brier difference (raw against raw) favours it and its accuracy's "
+        f"lower bound is above {verdict['margin']}; of those, the lowest Brier becomes the default.\n",
+        "| arm | seeds | accuracy | AUROC | Brier | better on | keeps accuracy | beats rd_only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, row in verdict["per_arm"].items():
+        cells = [f"{_fmt(row[m]['diff'])} {_ci(row[m])}" for m in ("accuracy", "auroc", "brier")]
+        better = ", ".join(row["better_on"]) or "neither"
+        lines.append(
+            f"| {arm} | {row['n_seeds']} | " + " | ".join(cells) + f" | {better} | {row['keeps_accuracy']} | "
+            f"{row['beats_rd_only']} |"
+        )
+    if verdict["unmeasured"]:
+        lines.append(f"\nNot compared (a row missing): {', '.join(verdict['unmeasured'])}.")
+    if verdict["default"]:
+        said = f"-> the default recipe: {verdict['default']}."
+    else:
+        said = (
+            '-> no arm beats rd_only: the advice stays RD alone (`mixing="rd_only"`), its confidence read through '
+            f"{verdict['read_instead'] or 'its best label-free estimator (not resolved yet)'}."
+        )
+    if verdict["partial"]:
+        said += " Partial: some runs have not finished, so this is not the run's verdict."
+    lines.append("\n" + said)
     return lines
 
 
