@@ -1161,8 +1161,29 @@ def test_errors_by_kind_worked_by_hand():
     kinds_table = [line for line in report.error_kinds_markdown(premise) if line.startswith("| rd_only/seed0 | 4 |")]
     assert kinds_table == [
         "| rd_only/seed0 | 4 | 2 (0.850 / 0.850) | 2: 0.750 / 0.500 (A->B 1, A->C 1) | 1: 0.000 / 1.000 | "
-        "1: 1.000 / 1.000 | 0.167 |"
+        "1: 1.000 / 1.000 | 0.167 | n/a |"
     ]
+
+
+def test_letter_shares_worked_by_hand():
+    """analysis.letter_shares and least_stated on seven hand-made records: each letter's gold and stated share and
+    the accuracy on its questions; the letter stated least often against its gold share; the report's cell."""
+    rows = [("A", "A"), ("A", "B"), ("B", "B"), ("B", "B"), ("C", "B"), ("D", "D"), ("D", None)]  # (gold, stated)
+    recs = [{"gold": g, "chosen": c, "correct": g == c} for g, c in rows]
+    shares = analysis.letter_shares(recs)
+    assert sorted(shares) == ["A", "B", "C", "D"]  # no answer read is no letter
+    assert {k: (v["gold"] * 7, v["stated"] * 7) for k, v in shares.items()} == pytest.approx(
+        {"A": (2, 1), "B": (2, 4), "C": (1, 0), "D": (2, 1)}
+    )
+    assert {k: v["accuracy"] for k, v in shares.items()} == {"A": 0.5, "B": 1.0, "C": 0.0, "D": 0.5}
+    # stated / gold: A 0.5, B 2, C 0, D 0.5
+    assert analysis.least_stated(shares) == "C"
+    assert analysis.least_stated({k: v for k, v in shares.items() if k != "C"}) == "A"  # a tie goes to the first
+    scored = {"completion": "", "confidence": 0.5, "gain": None, "reasoning_logprobs": [-0.1]}
+    kinds = analysis.error_kinds([{**r, **scored} for r in recs])
+    premise = {"per_run": {"rd_cal/seed2": {"50": {"error_kinds": kinds, "near_ties": None, "letters": shares}}}}
+    [line] = [line for line in report.error_kinds_markdown(premise) if line.startswith("| rd_cal/seed2 |")]
+    assert line.endswith("| n/a | C 0.00 / 0.14 (0.00) |")
 
 
 def test_collect_leaves_out_what_a_restored_folder_holds(tmp_path, capsys):
