@@ -81,6 +81,8 @@ class CalibrationEvalCallback(TrainerCallback):
         flat = {**metrics}
         for name, block in (metrics.get("estimators") or {}).items():
             flat.update({f"{name}/{key}": value for key, value in block.items() if key not in ("n", "accuracy")})
+        for letter, shares in (metrics.get("letters") or {}).items():
+            flat[f"letters/{letter}/answered"] = shares["answered"]
         for key, value in flat.items():
             if isinstance(value, (int, float)) and value is not None:
                 self.trainer._metrics["train"][f"eval_calibration/{key}"].append(float(value))

@@ -256,12 +256,34 @@ def evaluate_mcq(
     return MCQEvaluation(records=records, metrics=metrics, settings=settings)
 
 
+def letter_shares(records: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per option letter (the gold answers' and the greedy answers'): the share of questions whose gold answer it is
+    (``gold``), the share of greedy answers that give it, stated or forced (``answered``), and the accuracy on the
+    questions whose gold answer it is (``accuracy``, None where none is).
+
+    A model that has stopped giving a letter answers every question of that letter wrong, however sure it is: RL from
+    internal feedback and a stalled distillation both did it in 0.4.0's run (docs/results.md), and the confidence
+    estimators did not flag it. ``answered`` needs no label, so the same shares over unlabeled questions show it."""
+    n = len(records)
+    letters = sorted({r["gold"] for r in records} | {r["chosen"] for r in records if r.get("chosen")})
+    out: dict[str, dict[str, float | None]] = {}
+    for letter in letters:
+        golds = [r for r in records if r["gold"] == letter]
+        out[letter] = {
+            "gold": len(golds) / n,
+            "answered": sum(r.get("chosen") == letter for r in records) / n,
+            "accuracy": sum(r["correct"] for r in golds) / len(golds) if golds else None,
+        }
+    return out
+
+
 def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
     """:func:`calibration_metrics` over all questions of the ``after_reasoning`` confidence (forced answers included:
     the headline figures), the share of stated answers, the mean PRG, the mean number of reasoning steps, the same
     metrics over the stated answers alone (``stated_only``, ``None`` when no answer was stated), and ``estimators``:
     the metrics of every estimator the records carry (accuracy is the greedy answer's throughout), with
-    ``maj_at_k`` and ``num_samples`` when they carry samples."""
+    ``maj_at_k`` and ``num_samples`` when they carry samples, and ``letters`` (:func:`letter_shares`) when they
+    carry the gold answer."""
     correct = [r["correct"] for r in records]
     metrics = calibration_metrics([r["confidence"] for r in records], correct, n_bins)
     metrics["stated_rate"] = sum(r["stated"] for r in records) / len(records)
@@ -284,4 +306,6 @@ def summarise(records: list[dict], n_bins: int = 15) -> dict[str, Any]:
         if all(r.get("samples") for r in records):
             metrics["num_samples"] = len(records[0]["samples"])
             metrics["maj_at_k"] = sum(r["majority"] == r["gold"] for r in records) / len(records)
+    if all("gold" in r for r in records):
+        metrics["letters"] = letter_shares(records)
     return metrics

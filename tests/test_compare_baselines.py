@@ -1165,20 +1165,19 @@ def test_errors_by_kind_worked_by_hand():
     ]
 
 
-def test_letter_shares_worked_by_hand():
-    """analysis.letter_shares and least_stated on seven hand-made records: each letter's gold and stated share and
-    the accuracy on its questions; the letter stated least often against its gold share; the report's cell."""
-    rows = [("A", "A"), ("A", "B"), ("B", "B"), ("B", "B"), ("C", "B"), ("D", "D"), ("D", None)]  # (gold, stated)
+def test_least_given_letter_worked_by_hand():
+    """analysis.least_answered on letter shares worked by hand (evaluation.letter_shares, tested in
+    test_evaluation.py): the letter the greedy answers give least often against its gold share, and its cell in the
+    errors-by-kind table."""
+    from hytuning_trl.evaluation import letter_shares
+
+    rows = [("A", "A"), ("A", "B"), ("B", "B"), ("B", "B"), ("C", "B"), ("D", "D"), ("D", None)]  # (gold, chosen)
     recs = [{"gold": g, "chosen": c, "correct": g == c} for g, c in rows]
-    shares = analysis.letter_shares(recs)
-    assert sorted(shares) == ["A", "B", "C", "D"]  # no answer read is no letter
-    assert {k: (v["gold"] * 7, v["stated"] * 7) for k, v in shares.items()} == pytest.approx(
-        {"A": (2, 1), "B": (2, 4), "C": (1, 0), "D": (2, 1)}
-    )
-    assert {k: v["accuracy"] for k, v in shares.items()} == {"A": 0.5, "B": 1.0, "C": 0.0, "D": 0.5}
-    # stated / gold: A 0.5, B 2, C 0, D 0.5
-    assert analysis.least_stated(shares) == "C"
-    assert analysis.least_stated({k: v for k, v in shares.items() if k != "C"}) == "A"  # a tie goes to the first
+    shares = letter_shares(recs)
+    # answered / gold: A 1/2, B 4/2, C 0/1, D 1/2
+    assert analysis.least_answered(shares) == "C"
+    assert analysis.least_answered({k: v for k, v in shares.items() if k != "C"}) == "A"  # a tie goes to the first
+    assert analysis.least_answered({}) is None
     scored = {"completion": "", "confidence": 0.5, "gain": None, "reasoning_logprobs": [-0.1]}
     kinds = analysis.error_kinds([{**r, **scored} for r in recs])
     premise = {"per_run": {"rd_cal/seed2": {"50": {"error_kinds": kinds, "near_ties": None, "letters": shares}}}}

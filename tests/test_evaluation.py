@@ -65,6 +65,44 @@ def test_calibration_eval_callback_logs(build_trainer, mcq):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all("eval_calibration/ece" in h and "eval_calibration/accuracy" in h for h in logs)
     assert len(callback.history) == 2 and callback.history[0]["n"] == 4
+    # each letter's share of the greedy answers reaches the logs beside the metrics
+    for h, probe in zip(logs, callback.history):
+        assert {k: v for k, v in h.items() if k.startswith("eval_calibration/letters/")} == pytest.approx(
+            {f"eval_calibration/letters/{k}/answered": v["answered"] for k, v in probe["letters"].items()}
+        )
+
+
+def test_letter_shares_in_the_summary_worked_by_hand():
+    """Bug it catches: a model that no longer gives one letter (0.4.0's RL and stalled-RD runs) hidden in the
+    summary: each letter's gold share, answered share (stated or forced) and accuracy on its questions, by hand,
+    and their rows in the printed table; no answer read is no letter."""
+    from hytuning_trl.evaluation import summarise
+    from hytuning_trl.report import format_table
+
+    rows = [
+        ("A", "A", True),
+        ("A", "B", True),
+        ("B", "B", True),
+        ("B", "B", False),
+        ("C", "B", True),
+        ("D", "D", True),
+        ("D", None, False),
+    ]  # (gold, chosen, stated)
+    records = [{"confidence": 0.5, "correct": g == c, "stated": st, "prg": 0.0, "gold": g, "chosen": c}
+               for g, c, st in rows]  # fmt: skip
+    letters = summarise(records)["letters"]
+    assert list(letters) == ["A", "B", "C", "D"]
+    assert {k: (v["gold"] * 7, v["answered"] * 7) for k, v in letters.items()} == pytest.approx(
+        {"A": (2, 1), "B": (2, 4), "C": (1, 0), "D": (2, 1)}
+    )
+    assert {k: v["accuracy"] for k, v in letters.items()} == {"A": 0.5, "B": 1.0, "C": 0.0, "D": 0.5}
+    table = format_table(summarise(records)).splitlines()
+    assert table[-3:] == [
+        f"  {'gold share':<28}" + "".join(f"{x:>10}" for x in ("0.2857", "0.2857", "0.1429", "0.2857")),
+        f"  {'answered share':<28}" + "".join(f"{x:>10}" for x in ("0.1429", "0.5714", "0.0000", "0.1429")),
+        f"  {'accuracy on them':<28}" + "".join(f"{x:>10}" for x in ("0.5000", "1.0000", "0.0000", "0.5000")),
+    ]
+    assert "letters" not in summarise([{k: v for k, v in r.items() if k != "gold"} for r in records])
 
 
 def test_calibration_callback_refuses_zero3_without_sync(mcq):

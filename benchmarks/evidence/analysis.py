@@ -407,32 +407,14 @@ def near_tie_share(recs: list[dict]) -> float | None:
     return sum(ties) / len(ties) if ties else None
 
 
-def letter_shares(recs: list[dict]) -> dict[str, dict[str, float]]:
-    """Exploratory, named after the arms' errors were seen to pile up on one gold letter: per option letter, the share
-    of ``recs`` whose gold answer it is (``gold``), the share that state it (``stated``, greedy ``chosen``) and the
-    accuracy on the questions whose gold answer it is (``accuracy``, None where none is). A model that has stopped
-    stating a letter answers those questions wrong whatever its reasoning; its errors are a letter lost, not many
-    misreadings. Letters are the gold answers' and the stated ones'."""
-    n = len(recs)
-    letters = sorted({r["gold"] for r in recs} | {r["chosen"] for r in recs if r.get("chosen")})
-    out = {}
-    for letter in letters:
-        golds = [r for r in recs if r["gold"] == letter]
-        out[letter] = {
-            "gold": len(golds) / n,
-            "stated": sum(r.get("chosen") == letter for r in recs) / n,
-            "accuracy": sum(r["correct"] for r in golds) / len(golds) if golds else None,
-        }
-    return out
-
-
-def least_stated(shares: dict[str, dict[str, float]]) -> str | None:
-    """The letter of :func:`letter_shares` stated least often against how often it is the gold answer (the lowest
-    ``stated / gold``, gold letters only); None where no letter is a gold answer."""
-    golds = [letter for letter, v in shares.items() if v["gold"] > 0]
+def least_answered(shares: dict[str, dict[str, float | None]]) -> str | None:
+    """Exploratory, named after the arms' errors were seen to pile up on one gold letter: the letter of
+    :func:`hytuning_trl.evaluation.letter_shares` given least often against how often it is the gold answer (the
+    lowest ``answered / gold``, gold letters only; a tie to the first); None where no letter is a gold answer."""
+    golds = [letter for letter, v in shares.items() if v["gold"]]
     if not golds:
         return None
-    return min(golds, key=lambda letter: (shares[letter]["stated"] / shares[letter]["gold"], letter))
+    return min(golds, key=lambda letter: (shares[letter]["answered"] / shares[letter]["gold"], letter))
 
 
 #: The kinds of error :func:`error_kinds` tells apart, after the right answers.
@@ -505,16 +487,18 @@ def premise(runs: list[Run], preset: Preset, plan: dict, n_boot: int) -> dict:
     (single-pass estimators on all eval questions, sampled ones on the sampled questions), and the exploratory
     :data:`PRODUCT`'s (``product_auroc``, all eval questions), the errors by kind (``error_kinds``, the same
     questions), the share of near-tied answers (``near_ties``, :func:`near_tie_share`) and each letter's gold and
-    stated shares with the accuracy on it (``letters``, :func:`letter_shares`). At the last checkpoint,
-    over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage bootstrap,
-    seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0: over the
-    ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run rows only).
+    answered shares with the accuracy on it (``letters``, :func:`hytuning_trl.evaluation.letter_shares`). At the last
+    checkpoint, over the seeds: each estimator's AUROC minus ``after_reasoning``'s on the same questions (two-stage
+    bootstrap, seeds then questions), and whether any beats it by :data:`PREMISE_MARGIN` with the interval above 0:
+    over the ``rd_only`` runs (the premise asks it of RD alone; other arms, as in ``evidence-v3``, get the per-run
+    rows only).
 
     A checkpoint whose evaluations are not all there yet (a run in progress, ``--analyse``) is left out and named in
     ``missing``; the last-checkpoint comparison is over the runs that have it."""
     from _bootstrap import metric_interval, paired_bootstrap, two_stage_bootstrap
 
     from hytuning_trl.estimators import ESTIMATORS, SAMPLED_ESTIMATORS
+    from hytuning_trl.evaluation import letter_shares
 
     per_run: dict[str, dict[str, dict]] = {}
     # (run folder, step) -> ((all eval questions, their confidence_table), (the sampled ones, theirs))

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from .analysis import ERROR_KINDS, NEAR_TIE, PRODUCT, least_stated, reading
+from .analysis import ERROR_KINDS, NEAR_TIE, PRODUCT, least_answered, reading
 from .presets import ADAPTIVE, ARMS, METRICS
 from .runner import Run, log_history, read_jsonl
 
@@ -185,13 +185,13 @@ def error_kinds_markdown(premise: dict) -> list[str]:
             f"its count and the AUROC of {a} / {b} for telling the right answers from it (mean {a} / {b} of the "
             "right answers in their column; the contradicting ones' gold->stated letters); near ties: the share of "
             f"questions whose two most probable options lie within {NEAR_TIE} (where the greedy answer can flip); "
-            "least stated: the letter stated least often against how often it is the gold answer, its stated / gold "
-            "share and the accuracy on the questions it is the gold answer of:\n"
+            "least given: the letter the greedy answers give least often against how often it is the gold answer, "
+            "its answered / gold share and the accuracy on the questions it is the gold answer of:\n"
         )
         lines.append(
             "| run | step | right | "
             + " | ".join(ERROR_KINDS)
-            + " | near ties | least stated |\n|---|---|---|"
+            + " | near ties | least given |\n|---|---|---|"
             + "---|" * (len(ERROR_KINDS) + 2)
         )
         for run, step, row in kinds:
@@ -205,12 +205,12 @@ def error_kinds_markdown(premise: dict) -> list[str]:
                 cells.append(cell)
             cells.append(_fmt(row.get("near_ties")))
             shares = row.get("letters") or {}
-            letter = least_stated(shares)
+            letter = least_answered(shares)
             if letter is None:
                 cells.append("n/a")
             else:
                 v = shares[letter]
-                cells.append(f"{letter} {_fmt(v['stated'], 2)} / {_fmt(v['gold'], 2)} ({_fmt(v['accuracy'], 2)})")
+                cells.append(f"{letter} {_fmt(v['answered'], 2)} / {_fmt(v['gold'], 2)} ({_fmt(v['accuracy'], 2)})")
             lines.append(f"| {run} | {step} | " + " | ".join(cells) + " |")
     return lines
 
