@@ -526,11 +526,15 @@ class HyTuningTrainer(GRPOTrainer):
             if conf is not None and math.isfinite(conf):
                 conf_sum, conf_n = conf_sum + conf, conf_n + 1
             steps += s.num_steps
+        letters = self.args.answer_options or []
+        answered = [float(sum((s.answer or "").strip() == letter for s in stats)) for letter in letters]
         totals = self._reduce_sums(
-            [prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, len(stats)]
+            [prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, len(stats), *answered]
         )
-        prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, n = totals
+        prg_sum, prg_n, missing, nonfinite, sc_sum, sc_n, conf_sum, conf_n, steps, forced, n = totals[:11]
         metrics = trl_compat.metrics(self, mode)
+        for letter, count in zip(letters, totals[11:]):  # label-free: a letter the policy stops giving shows here
+            metrics[f"hytuning/answered/{letter}"].append(count / max(n, 1))
         policy = prg_sum / prg_n if prg_n else None
         if policy is not None:
             metrics["hytuning/prg_policy"].append(policy)

@@ -403,6 +403,11 @@ def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer,
     assert [s.answer_forced for s in stats] == [False, False, True, True]
     assert h["hytuning/answer_forced_rate"] == 0.5 and h["hytuning/prg_missing"] == 0.5
     assert h["hytuning/prg_policy"] == pytest.approx((stats[0].prg + stats[1].prg) / 2)
+    # each option letter's share of the round's answers: A and B stated, the two forced ones the model's own choice
+    given = ["A", "B", stats[2].answer, stats[3].answer]
+    assert {k: v for k, v in h.items() if k.startswith("hytuning/answered/")} == {
+        f"hytuning/answered/{letter}": given.count(letter) / 4 for letter in "ABCD"
+    }
 
 
 def test_prg_gate(build_trainer, trained_tokenizer, monkeypatch):
