@@ -262,8 +262,9 @@ def letter_shares(records: list[dict]) -> dict[str, dict[str, float | None]]:
     questions whose gold answer it is (``accuracy``, None where none is).
 
     A model that has stopped giving a letter answers every question of that letter wrong, however sure it is: RL from
-    internal feedback and a stalled distillation both did it in 0.4.0's run (docs/results.md), and the confidence
-    estimators did not flag it. ``answered`` needs no label, so the same shares over unlabeled questions show it."""
+    internal feedback and a stalled distillation both did it in 0.4.0's run (docs/results.md), and the answer's
+    confidence did not flag it (0.96 on those questions at one seed). ``answered`` needs no label, so the same
+    shares over unlabeled questions show it."""
     n = len(records)
     letters = sorted({r["gold"] for r in records} | {r["chosen"] for r in records if r.get("chosen")})
     out: dict[str, dict[str, float | None]] = {}

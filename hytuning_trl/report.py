@@ -51,7 +51,7 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
             lines.append(f"  {name:<28}" + "".join(f"{show(estimators[n].get(key)):>22}" for n in names))
     letters = metrics.get("letters") or {}
     if letters:
-        lines += ["", "  By option letter (a letter the model no longer gives costs every question it answers)"]
+        lines += ["", "  By option letter (a letter no longer given costs every question whose answer it is)"]
         lines.append(f"  {'':<28}" + "".join(f"{letter:>10}" for letter in letters))
         for name, key in (("gold share", "gold"), ("answered share", "answered"), ("accuracy on them", "accuracy")):
             lines.append(f"  {name:<28}" + "".join(f"{show(v[key]):>10}" for v in letters.values()))
