@@ -396,7 +396,12 @@ def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer,
         return out
 
     monkeypatch.setattr(HyTuningTrainer, "_generate_and_score_completions", record)
-    trainer = build_trainer(max_steps=1, rollout_func=_fixed_rollouts(trained_tokenizer), reward_funcs=[length_reward])
+    trainer = build_trainer(
+        max_steps=1,
+        rollout_func=_fixed_rollouts(trained_tokenizer),
+        reward_funcs=[length_reward],
+        answer_options=list("ABCDE"),  # five letters for four rollouts: a share per letter is not a share per rollout
+    )
     trainer.train()
     [h] = _logs(trainer)
     [stats] = rounds
@@ -406,7 +411,7 @@ def test_forced_answers_left_out_of_policy_prg(build_trainer, trained_tokenizer,
     # each option letter's share of the round's answers: A and B stated, the two forced ones the model's own choice
     given = ["A", "B", stats[2].answer, stats[3].answer]
     assert {k: v for k, v in h.items() if k.startswith("hytuning/answered/")} == {
-        f"hytuning/answered/{letter}": given.count(letter) / 4 for letter in "ABCD"
+        f"hytuning/answered/{letter}": given.count(letter) / 4 for letter in "ABCDE"
     }
 
 
